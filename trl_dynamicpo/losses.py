@@ -1,0 +1,272 @@
+"""Multi-negative preference losses with DynamicPO's boundary selection and dual-margin beta.
+
+Pure tensor code, vectorised over examples and negatives: no Python loop over the batch, no `.item()`, no host
+round trip. See `SPEC.md` for the maths; the conventions the spec leaves open are documented on
+`multi_negative_loss`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+LOSS_TYPES = ("dmpo", "sdpo", "mppo")
+_EPS = 1e-8
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    # Selection compares sums of squares of log-probs that can reach 1e4: float64 where the device has it.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _cut_table(num_values: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (i, j) with 0 <= i <= j <= num_values, in lexicographic order (the tie-break order)."""
+    pairs = list(itertools.combinations_with_replacement(range(num_values + 1), 2))
+    table = torch.tensor(pairs, device=device, dtype=torch.long)
+    return table[:, 0], table[:, 1]
+
+
+def top_cluster_mask(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Highest-mean group of the exact one-dimensional k-means of each row, k = min(3, distinct values).
+
+    Each row's valid values are sorted ascending (stable, so ties keep their column order) and every partition
+    into k contiguous non-empty groups is scored by its within-group sum of squares; the best partition wins, the
+    lexicographically first cut points among exact ties. With at most K = 20 negatives the (B, cuts, K) table
+    is tiny, so an exhaustive search is both exact and fast.
+
+    Args:
+        values: (B, K) values to cluster.
+        valid: (B, K) bool, at least one True per row.
+
+    Returns:
+        (B, K) bool mask of the top group, in the original column order.
+    """
+    batch, width = values.shape
+    device = values.device
+    work = values.to(_work_dtype(device))
+    # Centre per row before squaring, for precision; invalid entries sort last.
+    row_max = work.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+    centred = (work - row_max).masked_fill(~valid, float("inf"))
+    sorted_vals, order = torch.sort(centred, dim=1, stable=True)
+    n = valid.sum(dim=1, keepdim=True)  # (B, 1)
+    positions = torch.arange(width, device=device)
+    in_row = positions < n  # (B, K) sorted positions holding valid values
+    sorted_vals = sorted_vals.masked_fill(~in_row, 0.0)
+    distinct = 1 + ((sorted_vals[:, 1:] != sorted_vals[:, :-1]) & in_row[:, 1:]).sum(dim=1, keepdim=True)
+    k = distinct.clamp(max=3)
+
+    cut_i, cut_j = _cut_table(width, device)  # (C,)
+    ci, cj = cut_i[None, :], cut_j[None, :]  # (1, C)
+    admissible = torch.where(
+        k == 3,
+        (ci >= 1) & (ci < cj) & (cj < n),
+        torch.where(k == 2, (ci >= 1) & (ci < n) & (cj == n), (ci == n) & (cj == n)),
+    )  # (B, C)
+
+    # Group of each sorted position under each cut: 0 below i, 1 in [i, j), 2 from j on.
+    group = (positions[None, :] >= cut_i[:, None]).long() + (positions[None, :] >= cut_j[:, None]).long()  # (C, K)
+    member = F.one_hot(group, 3).to(work.dtype)[None] * in_row[:, None, :, None].to(work.dtype)  # (B, C, K, 3)
+    counts = member.sum(dim=2)  # (B, C, 3)
+    sums = (member * sorted_vals[:, None, :, None]).sum(dim=2)
+    means = sums / counts.clamp(min=1)
+    centred_sq = (sorted_vals[:, None, :, None] - means[:, :, None, :]) ** 2
+    error = (member * centred_sq).sum(dim=(2, 3))  # (B, C)
+    error = error.masked_fill(~admissible, float("inf"))
+    best = error.argmin(dim=1)  # first minimum = lexicographically first cuts
+
+    start = torch.where(k.squeeze(1) == 3, cut_j[best], torch.where(k.squeeze(1) == 2, cut_i[best], 0))
+    top_sorted = (positions[None, :] >= start[:, None]) & in_row
+    return torch.zeros_like(valid).scatter(1, order, top_sorted)
+
+
+def boundary_and_easy_sets(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DynamicPO's dynamic boundary selection on policy log-probs (SPEC mechanism 1).
+
+    Returns:
+        boundary (B, K) bool, easy (B, K) bool, used_clustering (B,) bool.
+    """
+    above = (rejected_logps >= chosen_logps[:, None]) & valid
+    used_clustering = ~above.any(dim=1)
+    clustered = top_cluster_mask(rejected_logps, valid)
+    boundary = torch.where(used_clustering[:, None], clustered, above)
+    easy = valid & ~boundary
+    easy = torch.where(easy.any(dim=1, keepdim=True), easy, boundary)
+    return boundary, easy, used_clustering
+
+
+def dual_margin_beta(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    easy: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    beta: float,
+    margin: float,
+    beta_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-negative beta from the positive-to-boundary and boundary-to-easy margins (SPEC mechanism 2).
+
+    Returns:
+        betas (B, K), d_pb (B, K), d_be (B, K); zero at invalid positions. Inputs should be detached.
+    """
+    easy_mean = (rejected_logps * easy).sum(dim=1, keepdim=True) / easy.sum(dim=1, keepdim=True).clamp(min=1)
+    d_pb = chosen_logps[:, None] - rejected_logps
+    d_be = rejected_logps - easy_mean
+    scale = torch.tanh((d_pb - d_be - margin) / (d_pb.abs() + d_be.abs() + _EPS)) * beta_scale
+    zero = torch.zeros((), dtype=rejected_logps.dtype, device=rejected_logps.device)
+    return (
+        torch.where(valid, beta * (1 + scale), zero),
+        torch.where(valid, d_pb, zero),
+        torch.where(valid, d_be, zero),
+    )
+
+
+def _objective(
+    loss_type: str,
+    chosen_scores: torch.Tensor,
+    rejected_scores: torch.Tensor,
+    betas: torch.Tensor,
+    selected: torch.Tensor,
+) -> torch.Tensor:
+    """Logit z of the loss -logsigmoid(z) for each example, over the selected negatives only."""
+    if loss_type == "dmpo":
+        terms = betas * (chosen_scores[:, None] - rejected_scores)
+        return torch.where(selected, terms, 0.0).sum(dim=1) / selected.sum(dim=1).clamp(min=1)
+    if loss_type == "sdpo":
+        terms = betas * (rejected_scores - chosen_scores[:, None])
+        return -torch.logsumexp(terms.masked_fill(~selected, float("-inf")), dim=1)
+    # mppo: sequence probabilities; exp() of log-probs never overflows.
+    terms = betas * (chosen_scores.exp()[:, None] - rejected_scores.exp())
+    return torch.where(selected, terms, 0.0).sum(dim=1)
+
+
+def _gradient_weights(
+    loss_type: str,
+    logit: torch.Tensor,
+    rejected_scores: torch.Tensor,
+    chosen_scores: torch.Tensor,
+    betas: torch.Tensor,
+    selected: torch.Tensor,
+) -> torch.Tensor:
+    """|dL/dp_j| for every negative, in closed form (no autograd in the training step)."""
+    outer = torch.sigmoid(-logit)[:, None]  # dL/dz = -sigmoid(-z)
+    if loss_type == "dmpo":
+        inner = betas / selected.sum(dim=1, keepdim=True).clamp(min=1)
+    elif loss_type == "sdpo":
+        terms = (betas * (rejected_scores - chosen_scores[:, None])).masked_fill(~selected, float("-inf"))
+        inner = torch.softmax(terms, dim=1) * betas
+    else:
+        inner = betas * rejected_scores.exp()
+    return torch.where(selected, outer * inner, 0.0)
+
+
+def multi_negative_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    *,
+    beta: float = 1.0,
+    loss_type: str = "dmpo",
+    boundary_selection: bool = True,
+    dynamic_beta: bool = True,
+    margin: float = 6.0,
+    beta_scale: float = 0.5,
+    rejected_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example DMPO / S-DPO / MPPO loss with DynamicPO's boundary selection and dual-margin beta.
+
+    Args:
+        chosen_logps: (B,) policy log p(y+|x), summed over completion tokens.
+        rejected_logps: (B, K) policy log p(y_j|x).
+        ref_chosen_logps: (B,) reference log-probs, or None for "mppo" (reference-free).
+        ref_rejected_logps: (B, K) reference log-probs, or None for "mppo".
+        beta: base inverse temperature.
+        loss_type: "dmpo", "sdpo" or "mppo".
+        boundary_selection: use only the boundary negatives (otherwise all of them).
+        dynamic_beta: per-negative dual-margin beta (otherwise `beta` everywhere).
+        margin: the margin m of the dual-margin formula.
+        beta_scale: the scale s; beta_j lies in [beta (1 - s), beta (1 + s)].
+        rejected_mask: (B, K) bool, False marks padding negatives (rows with fewer negatives). Every row needs at
+            least one valid negative. Padding takes part in nothing and receives no gradient.
+
+    Conventions (SPEC leaves these open):
+        * Clustering sorts ascending and stably; among exactly equal errors the first cut points win.
+        * With selection off and dynamic beta on, the dual-margin beta applies to every negative, with the easy
+          set E computed as with selection on.
+        * Computation runs in float32 (float64 for float64 inputs); `losses` has that dtype.
+
+    Returns:
+        losses: (B,) per-example loss.
+        stats: detached tensors for logging: `boundary_mask`, `selected_mask`, `easy_mask` (B, K) bool;
+            `used_clustering` (B,) bool; `betas`, `d_pb`, `d_be`, `rejected_rewards` (B, K), zero at padding
+            (`betas` also zero outside the selected set); `chosen_rewards`, `reward_accuracy`,
+            `boundary_grad_share` (B,).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
+    if loss_type != "mppo" and (ref_chosen_logps is None or ref_rejected_logps is None):
+        raise ValueError(f"loss_type={loss_type!r} needs reference log-probs; only 'mppo' is reference-free.")
+    if rejected_logps.dim() != 2 or chosen_logps.shape != rejected_logps.shape[:1]:
+        raise ValueError(
+            f"Expected chosen_logps (B,) and rejected_logps (B, K); got {tuple(chosen_logps.shape)} and "
+            f"{tuple(rejected_logps.shape)}."
+        )
+
+    compute_dtype = torch.float64 if chosen_logps.dtype == torch.float64 else torch.float32
+    p_pos = chosen_logps.to(compute_dtype)
+    p_neg = rejected_logps.to(compute_dtype)
+    valid = (
+        torch.ones_like(p_neg, dtype=torch.bool) if rejected_mask is None else rejected_mask.to(p_neg.device).bool()
+    )
+    # Padding values are replaced, not just masked, so that NaN or inf there cannot leak into sums or gradients.
+    p_neg = torch.where(valid, p_neg, p_pos.detach()[:, None])
+
+    with torch.no_grad():
+        pos_d, neg_d = p_pos.detach(), p_neg.detach()
+        boundary, easy, used_clustering = boundary_and_easy_sets(pos_d, neg_d, valid)
+        selected = boundary if boundary_selection else valid
+        betas, d_pb, d_be = dual_margin_beta(
+            pos_d, neg_d, easy, valid, beta=beta, margin=margin, beta_scale=beta_scale
+        )
+        if not dynamic_beta:
+            betas = torch.where(valid, torch.full_like(betas, beta), 0.0)
+        betas = torch.where(selected, betas, 0.0)
+
+    if loss_type == "mppo":
+        chosen_scores, rejected_scores = p_pos, p_neg
+    else:
+        chosen_scores = p_pos - ref_chosen_logps.to(compute_dtype)
+        ref_neg = torch.where(valid, ref_rejected_logps.to(compute_dtype), ref_chosen_logps.to(compute_dtype)[:, None])
+        rejected_scores = p_neg - ref_neg
+
+    logit = _objective(loss_type, chosen_scores, rejected_scores, betas, selected)
+    losses = -F.logsigmoid(logit)
+
+    with torch.no_grad():
+        chosen_rewards = beta * chosen_scores.detach()
+        rejected_rewards = torch.where(valid, beta * rejected_scores.detach(), 0.0)
+        beaten = (chosen_rewards[:, None] > rejected_rewards) | ~valid
+        grads = _gradient_weights(loss_type, logit.detach(), rejected_scores.detach(), chosen_scores.detach(), betas, selected)
+        total = grads.sum(dim=1)
+        to_boundary = torch.where(boundary, grads, 0.0).sum(dim=1)
+        share = torch.where(total > 0, to_boundary / total.clamp(min=torch.finfo(total.dtype).tiny), 1.0)
+        stats = {
+            "boundary_mask": boundary,
+            "selected_mask": selected,
+            "easy_mask": easy,
+            "used_clustering": used_clustering,
+            "betas": betas,
+            "d_pb": d_pb,
+            "d_be": d_be,
+            "chosen_rewards": chosen_rewards,
+            "rejected_rewards": rejected_rewards,
+            "reward_accuracy": beaten.all(dim=1).to(compute_dtype),
+            "boundary_grad_share": share,
+        }
+    return losses, stats

@@ -1,0 +1,340 @@
+"""`DynamicPOTrainer`: `trl.DPOTrainer` with K negatives per prompt, boundary selection and dual-margin beta.
+
+Only the hooks differ from the parent: dataset preparation, the collator, the signature columns, the reference
+log-probs (live and precomputed), the loss and its metrics. Everything else (model loading, PEFT, QLoRA,
+Accelerate, DeepSpeed/FSDP, checkpoints, the model card) is `DPOTrainer`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import textwrap
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import is_peft_model, tqdm
+from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers.utils import logging
+from trl import DPOTrainer
+from trl.models import prepare_deepspeed
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import get_config_model_id, use_adapter
+
+from .config import DynamicPOConfig
+from .losses import multi_negative_loss
+from .packing import DataCollatorForMultiNegative, can_pack, completion_logps, ensure_fused_lm_head
+from .preprocessing import prepare_preference_dataset
+
+
+logger = logging.get_logger(__name__)
+
+# Per-step metrics, in the column order of `_step_metrics`. Keys shared with `trl.DPOTrainer` come first.
+METRIC_KEYS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "dynamicpo/boundary_negatives",
+    "dynamicpo/clustering_fallback",
+    "dynamicpo/beta_mean",
+    "dynamicpo/beta_min",
+    "dynamicpo/beta_max",
+    "dynamicpo/d_pb",
+    "dynamicpo/d_be",
+    "dynamicpo/boundary_grad_share",
+)
+_REDUCE_MIN, _REDUCE_MAX = METRIC_KEYS.index("dynamicpo/beta_min"), METRIC_KEYS.index("dynamicpo/beta_max")
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+class DynamicPOTrainer(DPOTrainer):
+    """Trainer for DynamicPO and the multi-negative objectives it plugs into (DMPO, S-DPO, MPPO).
+
+    A drop-in replacement for [`~trl.DPOTrainer`]: same constructor, same model/PEFT/quantization handling, same
+    logging. The dataset has `prompt`, `chosen` and `rejected` columns where `rejected` is a list of K >= 1
+    negatives (K may differ between rows) or a single completion, in standard or conversational format.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+
+    >>> dataset = Dataset.from_list([
+    ...     {"prompt": "The user listened to Muse, Placebo. Next:", "chosen": " Radiohead",
+    ...      "rejected": [" Shakira", " Dolly Parton", " Slayer"]},
+    ... ])
+    >>> trainer = DynamicPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=DynamicPOConfig("out"),
+    ...                            train_dataset=dataset)
+    >>> trainer.train()
+    ```
+
+    Args:
+        model, ref_model, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+        optimizers, quantization_config, peft_config: as for [`~trl.DPOTrainer`]. The reference is `ref_model`, or
+            the PEFT model with its adapter disabled (or TRL's "ref" adapter), or precomputed log-probs; MPPO
+            (`multi_negative_loss="mppo"`) is reference-free and loads no reference model.
+        args ([`DynamicPOConfig`], *optional*): configuration; a default one is built when `None`.
+    """
+
+    _tag_names = ["trl", "dpo", "dynamicpo", "trl-dynamicpo"]
+    _name = "DynamicPO"
+    _paper = {
+        "title": "DynamicPO: Dynamic Preference Optimization for Recommendation",
+        "id": "2605.00327",
+        "citation": textwrap.dedent("""\
+            @inproceedings{hu2026dynamicpo,
+                title        = {{DynamicPO: Dynamic Preference Optimization for Recommendation}},
+                author       = {Hu and others},
+                year         = 2026,
+                booktitle    = {DASFAA},
+                eprint       = {2605.00327},
+                archivePrefix= {arXiv},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        ref_model: PreTrainedModel | None = None,
+        args: DynamicPOConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = DynamicPOConfig(f"{(name or 'model').split('/')[-1]}-DynamicPO")
+        elif not isinstance(args, DynamicPOConfig):
+            raise TypeError(
+                f"DynamicPOTrainer needs a DynamicPOConfig (a trl.DPOConfig subclass), got {type(args).__name__}. "
+                "Replace `DPOConfig(...)` by `DynamicPOConfig(...)`; every DPOConfig argument is accepted."
+            )
+        self._reference_free = args.multi_negative_loss == "mppo"
+        if self._reference_free:
+            if ref_model is not None:
+                logger.warning("multi_negative_loss='mppo' is reference-free: the `ref_model` passed is not used.")
+                ref_model = None
+            if args.sync_ref_model:
+                raise ValueError("sync_ref_model=True has no meaning for the reference-free 'mppo' objective.")
+
+        # The parent builds its pairwise collator when `data_collator` is None, so build ours first, with TRL's
+        # pad-token fallback, before the parent settles the pad token.
+        if processing_class is None:
+            source = model if isinstance(model, str) else get_config_model_id(model.config)
+            processing_class = AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+        tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+        if data_collator is None:
+            data_collator = DataCollatorForMultiNegative(
+                pad_token_id=tokenizer.pad_token_id,
+                shared_prefix=self._resolve_shared_prefix(model, args),
+                pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+
+        # DPOTrainer loads a reference model unless PEFT is used or reference log-probs are precomputed; MPPO needs
+        # none, so it passes through the precompute branch, which `_precompute_ref_logps` turns into a no-op.
+        precompute = args.precompute_ref_log_probs
+        if self._reference_free:
+            args.precompute_ref_log_probs = True
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.precompute_ref_log_probs = precompute
+        if self._reference_free:
+            self.precompute_ref_logps = False
+            self.ref_model = None
+        # The parent's fused head also computes entropy and logit statistics this trainer does not log.
+        ensure_fused_lm_head(self.model)
+        self._step_metrics = {"train": [], "eval": []}
+
+    @staticmethod
+    def _resolve_shared_prefix(model, args: DynamicPOConfig) -> bool:
+        """Packed rows need an attention kernel that takes a custom 4-D mask; fall back to naive rows otherwise."""
+        if not args.shared_prefix:
+            return False
+        if isinstance(model, str):
+            impl = (args.model_init_kwargs or {}).get("attn_implementation") or "sdpa"
+            packable = impl in ("eager", "sdpa")
+        else:
+            impl, packable = model.config._attn_implementation, can_pack(model)
+        if not packable:
+            logger.warning_once(
+                f"shared_prefix=True needs attention that takes a 4-D block mask (eager or sdpa); the model uses "
+                f"{impl!r}, so each completion is scored in its own prompt+completion row (same result, more compute)."
+            )
+        return packable
+
+    # ----------------------------------------------------------------------------------------------- data hooks
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return prepare_preference_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+
+    # ----------------------------------------------------------------------------------------- reference hooks
+    def compute_ref_log_probs(self, model, inputs):
+        """Reference log-probs of a collated batch: chosen (B,) and rejected (B, K_max), no gradient.
+
+        `model` is the reference model, or the policy when there is none (PEFT: run with the adapter disabled, or
+        with TRL's "ref" adapter when the policy came with a trained one).
+        """
+        adapter = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter,
+            self.accelerator.autocast(),
+        ):
+            logps = completion_logps(model, inputs)
+        return logps[:, 0], logps[:, 1:]
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """Add `ref_chosen_logps` (float) and `ref_rejected_logps` (list of K floats) columns to `dataset`."""
+        if self._reference_free or "ref_chosen_logps" in (dataset.column_names or []):
+            return dataset
+        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
+            raise ValueError(
+                "precompute_ref_log_probs=True needs a map-style `datasets.Dataset`; set it to False for streaming data."
+            )
+        loader = self.accelerator.prepare(
+            DataLoader(
+                dataset,
+                batch_size=batch_size,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                shuffle=False,
+            )
+        )
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        num_rejected = [len(r) for r in dataset["rejected_ids"]]
+        k_max = max(num_rejected)
+        chosen, rejected = [], []
+        for batch in tqdm(
+            loader,
+            desc=f"Computing reference log-probs for the {name} dataset",
+            disable=bool(os.environ.get("TQDM_DISABLE", "")) or not self.accelerator.is_local_main_process,
+        ):
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(model, batch)
+            ref_rejected = F.pad(ref_rejected, (0, k_max - ref_rejected.size(1)))  # same width on every process
+            ref_chosen, ref_rejected = self.accelerator.gather_for_metrics((ref_chosen, ref_rejected))
+            chosen.append(ref_chosen.float().cpu())
+            rejected.append(ref_rejected.float().cpu())
+        chosen = torch.cat(chosen).tolist()
+        rejected = [row[:k] for row, k in zip(torch.cat(rejected).tolist(), num_rejected)]
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+    # ----------------------------------------------------------------------------------------------- the loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        logps = completion_logps(model, inputs)
+        chosen_logps, rejected_logps = logps[:, 0], logps[:, 1:]
+        if self._reference_free:
+            ref_chosen, ref_rejected = None, None
+        elif "ref_chosen_logps" in inputs:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+        losses, stats = multi_negative_loss(
+            chosen_logps,
+            rejected_logps,
+            ref_chosen,
+            ref_rejected,
+            beta=self.args.beta,
+            loss_type=self.args.multi_negative_loss,
+            boundary_selection=self.args.boundary_selection,
+            dynamic_beta=self.args.dynamic_beta,
+            margin=self.args.beta_margin,
+            beta_scale=self.args.beta_scale,
+            rejected_mask=inputs["rejected_mask"],
+        )
+        self._record_metrics(mode, chosen_logps.detach(), rejected_logps.detach(), inputs["rejected_mask"], stats)
+        loss = losses.mean()
+        return (loss, None) if return_outputs else loss
+
+    def _record_metrics(self, mode, chosen_logps, rejected_logps, valid, stats) -> None:
+        """Gather per-example statistics across processes and keep their batch reduction on the device.
+
+        Nothing leaves the device here; `log` turns the accumulated tensors into floats once per logging step.
+        """
+        boundary, selected = stats["boundary_mask"], stats["selected_mask"]
+        rejected_rewards = _masked_mean(stats["rejected_rewards"], valid)
+        betas = stats["betas"]
+        big = torch.finfo(betas.dtype).max
+        columns = [
+            stats["chosen_rewards"],
+            rejected_rewards,
+            stats["reward_accuracy"],
+            stats["chosen_rewards"] - rejected_rewards,
+            chosen_logps.to(betas.dtype),
+            _masked_mean(rejected_logps.to(betas.dtype), valid),
+            boundary.sum(dim=1).to(betas.dtype),
+            stats["used_clustering"].to(betas.dtype),
+            _masked_mean(betas, selected),
+            betas.masked_fill(~selected, big).amin(dim=1),
+            betas.masked_fill(~selected, -big).amax(dim=1),
+            _masked_mean(stats["d_pb"], boundary),
+            _masked_mean(stats["d_be"], boundary),
+            stats["boundary_grad_share"],
+        ]
+        per_example = self.accelerator.gather_for_metrics(torch.stack(columns, dim=1).float())
+        reduced = per_example.mean(dim=0)
+        reduced[_REDUCE_MIN] = per_example[:, _REDUCE_MIN].min()
+        reduced[_REDUCE_MAX] = per_example[:, _REDUCE_MAX].max()
+        self._step_metrics[mode].append(reduced)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if self._step_metrics[mode]:
+            steps = torch.stack(self._step_metrics[mode])
+            values = steps.mean(dim=0)
+            values[_REDUCE_MIN] = steps[:, _REDUCE_MIN].min()
+            values[_REDUCE_MAX] = steps[:, _REDUCE_MAX].max()
+            for key, value in zip(METRIC_KEYS, values.tolist()):
+                self._metrics[mode][key].append(value)
+            self._step_metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
