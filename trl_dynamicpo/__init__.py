@@ -21,7 +21,14 @@ _LAZY = {
     "multi_negative_loss": "trl_dynamicpo.losses",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "DataCollatorForMultiNegative",
+    "DynamicPOConfig",
+    "DynamicPOTrainer",
+    "__version__",
+    "multi_negative_loss",
+    "score_completions",
+]
 
 if TYPE_CHECKING:
     from .config import DynamicPOConfig
