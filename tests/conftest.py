@@ -1,0 +1,78 @@
+import os
+
+import pytest
+
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+ARTISTS = [
+    " Radiohead", " Muse", " Placebo", " Shakira", " Slayer", " Dolly Parton", " Arcade Fire", " Björk",
+    " Daft Punk", " Metallica", " Portishead", " Massive Attack", " Coldplay", " Nirvana", " Madonna",
+    " The Cure", " Pixies", " Air", " Moby", " Enigma",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from trl_dynamicpo.tiny import build_tokenizer
+
+    corpus = [f"The user listened to{a},{b} and{c}. Next:{d}</s>" for a in ARTISTS for b in ARTISTS[:5] for c in ARTISTS[:3] for d in ARTISTS[:2]]
+    return build_tokenizer(corpus, vocab_size=400)
+
+
+@pytest.fixture()
+def make_model(tokenizer):
+    from trl_dynamicpo.tiny import build_tiny_model
+
+    def make(seed=0, **kwargs):
+        return build_tiny_model(tokenizer, seed=seed, **kwargs)
+
+    return make
+
+
+@pytest.fixture()
+def make_config(tmp_path):
+    from trl_dynamicpo import DynamicPOConfig
+
+    def make(**overrides):
+        base = dict(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to=[],
+            logging_steps=1,
+            save_strategy="no",
+            learning_rate=5e-3,
+            max_steps=3,
+            seed=0,
+        )
+        base.update(overrides)
+        return DynamicPOConfig(**base)
+
+    return make
+
+
+def preference_rows(n=12, k_max=3, conversational=False):
+    """Rows with K varying between 1 and k_max."""
+    rows = []
+    for i in range(n):
+        history = ",".join(ARTISTS[(i + j) % len(ARTISTS)] for j in range(3))
+        k = 1 + i % k_max
+        negatives = [ARTISTS[(i + 5 + j) % len(ARTISTS)] for j in range(k)]
+        chosen = ARTISTS[(i + 3) % len(ARTISTS)]
+        prompt = f"The user listened to{history}. Next:"
+        if conversational:
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen.strip()}],
+                    "rejected": [[{"role": "assistant", "content": r.strip()}] for r in negatives],
+                }
+            )
+        else:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": negatives})
+    return rows

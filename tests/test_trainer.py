@@ -1,0 +1,246 @@
+"""DynamicPOTrainer: drop-in equivalence with trl.DPOTrainer, end-to-end training, metrics and input errors."""
+
+import logging
+
+import pytest
+import torch
+from conftest import preference_rows
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+from trl_dynamicpo.trainer import METRIC_KEYS
+
+
+def _batch(trainer):
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_k1_equals_trl_dpo_sigmoid_loss(tokenizer, make_model, make_config, tmp_path, as_list):
+    rows = [
+        {"prompt": f"The user listened to{a}. Next:", "chosen": c, "rejected": [r] if as_list else r}
+        for a, c, r in [(" Muse", " Placebo", " Shakira"), (" Air", " Moby", " Slayer, Nirvana"), (" Pixies", " The Cure", " Madonna")]
+    ]
+    common = dict(per_device_train_batch_size=3, bf16=False, gradient_checkpointing=False, report_to=[], beta=0.1)
+    dpo = DPOTrainer(
+        model=make_model(seed=1),
+        ref_model=make_model(seed=2),
+        args=DPOConfig(str(tmp_path / "dpo"), **common),
+        train_dataset=Dataset.from_list([{**r, "rejected": r["rejected"][0] if as_list else r["rejected"]} for r in rows]),
+        processing_class=tokenizer,
+    )
+    ours = DynamicPOTrainer(
+        model=make_model(seed=1),
+        ref_model=make_model(seed=2),
+        args=make_config(dynamic_beta=False, **{k: v for k, v in common.items() if k != "per_device_train_batch_size"}, per_device_train_batch_size=3),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    dpo_batch, our_batch = _batch(dpo), _batch(ours)
+    dpo_loss = dpo.compute_loss(dpo.model, dpo_batch)
+    our_loss = ours.compute_loss(ours.model, our_batch)
+    assert abs(dpo_loss.item() - 0.6931) > 1e-3, "policy and reference must differ for the test to mean anything"
+    torch.testing.assert_close(our_loss, dpo_loss, atol=1e-5, rtol=1e-5)
+    dpo_loss.backward()
+    our_loss.backward()
+    for (name, p_dpo), (_, p_ours) in zip(dpo.model.named_parameters(), ours.model.named_parameters()):
+        torch.testing.assert_close(p_ours.grad, p_dpo.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _train_and_check(trainer):
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed, "no trainable parameter changed"
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged
+    for key in METRIC_KEYS:
+        assert key in logged[0], f"metric {key} missing from the logs"
+        assert all(torch.isfinite(torch.tensor(h[key])) for h in logged)
+    first = logged[0]
+    assert 1 <= first["dynamicpo/boundary_negatives"] <= 3
+    assert first["dynamicpo/beta_min"] <= first["dynamicpo/beta_mean"] <= first["dynamicpo/beta_max"]
+    assert first["dynamicpo/beta_min"] >= 0.5 - 1e-6 and first["dynamicpo/beta_max"] <= 1.5 + 1e-6
+    assert 0.0 <= first["dynamicpo/boundary_grad_share"] <= 1.0 + 1e-6
+    return logged
+
+
+def test_train_with_explicit_reference(tokenizer, make_model, make_config):
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(), args=make_config(max_steps=9),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    with torch.no_grad():
+        before = trainer.compute_loss(trainer.model, batch)
+    _train_and_check(trainer)
+    with torch.no_grad():
+        after = trainer.compute_loss(trainer.model, batch)
+    assert after < before
+
+
+def test_train_with_lora_reference_is_adapter_off(tokenizer, make_model, make_config):
+    from peft import LoraConfig
+
+    trainer = DynamicPOTrainer(
+        model=make_model(), args=make_config(learning_rate=5e-2),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert trainer.ref_model is None
+    _train_and_check(trainer)
+    # After training the adapter changed the policy; the reference (adapter disabled) must still be the base model.
+    batch = _batch(trainer)
+    ref_chosen, _ = trainer.compute_ref_log_probs(trainer.model, batch)
+    base = make_model()
+    base_trainer = DynamicPOTrainer(
+        model=base, ref_model=make_model(), args=make_config(),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )
+    from trl_dynamicpo.packing import completion_logps
+
+    with torch.no_grad():
+        expected = completion_logps(base_trainer.model, batch)[:, 0]
+        policy = completion_logps(trainer.model, batch)[:, 0]
+    torch.testing.assert_close(ref_chosen, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy, expected, atol=1e-4)
+
+
+def test_train_with_precomputed_reference(tokenizer, make_model, make_config):
+    trainer = DynamicPOTrainer(
+        model=make_model(), args=make_config(precompute_ref_log_probs=True),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )
+    assert trainer.ref_model is None
+    data = trainer.train_dataset
+    assert [len(r) for r in data["ref_rejected_logps"]] == [len(r) for r in data["rejected_ids"]]
+    # The precomputed values are the initial policy's log-probs.
+    live = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(), args=make_config(),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )
+    batch = live.data_collator([live.train_dataset[i] for i in range(4)])
+    chosen, rejected = live.compute_ref_log_probs(live.ref_model, batch)
+    torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"][:4]), chosen, atol=1e-5, rtol=1e-5)
+    flat = [v for row in data["ref_rejected_logps"][:4] for v in row]
+    torch.testing.assert_close(torch.tensor(flat), rejected[batch["rejected_mask"]], atol=1e-5, rtol=1e-5)
+    _train_and_check(trainer)
+
+
+def test_mppo_loads_no_reference(tokenizer, make_model, make_config):
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(seed=3), args=make_config(multi_negative_loss="mppo", learning_rate=0.1),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )
+    assert trainer.ref_model is None and not trainer.args.precompute_ref_log_probs
+    assert "ref_chosen_logps" not in trainer.train_dataset.column_names
+    _train_and_check(trainer)
+
+
+def test_conversational_rows(tokenizer, make_model, make_config):
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(), args=make_config(max_steps=1),
+        train_dataset=Dataset.from_list(preference_rows(conversational=True)), processing_class=tokenizer,
+    )
+    row = trainer.train_dataset[2]
+    assert len(row["rejected_ids"]) == 3
+    assert tokenizer.decode(row["chosen_ids"]).strip().startswith(preference_rows()[2]["chosen"].strip())
+    _train_and_check(trainer)
+
+
+def test_eval_logs_metrics(tokenizer, make_model, make_config):
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(), args=make_config(max_steps=1),
+        train_dataset=Dataset.from_list(preference_rows()), eval_dataset=Dataset.from_list(preference_rows(5)),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and "eval_rewards/accuracies" in metrics and "eval_dynamicpo/beta_mean" in metrics
+
+
+def test_model_card_names_the_paper(tokenizer, make_model, make_config, tmp_path):
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(), args=make_config(),
+        train_dataset=Dataset.from_list(preference_rows(4)), processing_class=tokenizer,
+    )
+    trainer.create_model_card(model_name="tiny")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "2605.00327" in card and "dynamicpo" in card.lower()
+
+
+BAD_ROWS = [
+    ({"prompt": "p", "chosen": " a"}, "missing field"),
+    ({"prompt": "p", "chosen": " a", "rejected": []}, "'rejected' is an empty list"),
+    ({"prompt": "p", "chosen": " a", "rejected": [" b", " a"]}, "'rejected[1]' is identical to 'chosen'"),
+    ({"prompt": "p", "chosen": "", "rejected": [" b"]}, "'chosen' is an empty completion"),
+    ({"prompt": "p", "chosen": " a", "rejected": [" b", "  "]}, "'rejected[1]' is an empty completion"),
+    ({"prompt": "p", "chosen": " a", "rejected": {"x": 1}}, "field 'rejected' must be"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_ROWS)
+def test_bad_rows_raise_naming_row_and_field(tokenizer, make_model, make_config, bad, message):
+    from trl_dynamicpo.preprocessing import validate_example
+
+    good = {"prompt": "q", "chosen": " x", "rejected": [" y"]}
+    with pytest.raises(ValueError, match=r"Row 1: .*" + message.split("'")[0]) as info:
+        validate_example(good, 0)
+        validate_example(bad, 1)
+    assert message in str(info.value)
+
+
+def test_bad_row_stops_trainer_before_training(tokenizer, make_model, make_config):
+    rows = preference_rows(6)
+    rows[4]["rejected"] = [rows[4]["chosen"]]
+    with pytest.raises(ValueError, match=r"Row 4: field 'rejected\[0\]' is identical to 'chosen'"):
+        DynamicPOTrainer(
+            model=make_model(), ref_model=make_model(), args=make_config(),
+            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        )
+
+
+def test_wrong_rejected_type_in_dataset(tokenizer, make_model, make_config):
+    rows = [{"prompt": "The user listened to Muse. Next:", "chosen": " Air", "rejected": [1, 2]}]
+    with pytest.raises(ValueError, match=r"Row 0: field 'rejected' must be a string or a list of strings"):
+        DynamicPOTrainer(
+            model=make_model(), ref_model=make_model(), args=make_config(),
+            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        )
+
+
+def test_max_length_truncation_is_counted(tokenizer, make_model, make_config, caplog):
+    rows = preference_rows(8)
+    prompt_len = max(len(tokenizer(r["prompt"])["input_ids"]) for r in rows)
+    rows[0]["prompt"] = rows[0]["prompt"] * 20  # this prompt alone exceeds max_length: dropped, counted
+    with caplog.at_level(logging.WARNING):
+        trainer = DynamicPOTrainer(
+            model=make_model(), ref_model=make_model(), args=make_config(max_length=prompt_len + 2),
+            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        )
+    assert len(trainer.train_dataset) == 7
+    assert "Dropped 1 of 8 train examples" in caplog.text
+    for row in trainer.train_dataset:
+        for completion in [row["chosen_ids"], *row["rejected_ids"]]:
+            assert len(row["prompt_ids"]) + len(completion) <= prompt_len + 2
+    # Truncation never drops a negative on its own.
+    assert [len(r) for r in trainer.train_dataset["rejected_ids"]] == [len(r["rejected"]) for r in rows[1:]]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [dict(loss_type="ipo"), dict(loss_weights=[1.0]), dict(ld_alpha=0.5), dict(use_weighting=True),
+     dict(f_divergence_type="forward_kl"), dict(label_smoothing=0.1), dict(multi_negative_loss="foo"),
+     dict(beta_scale=1.0)],
+)
+def test_unsupported_options_raise(option, tmp_path):
+    with pytest.raises(ValueError):
+        DynamicPOConfig(str(tmp_path), bf16=False, **option)
+
+
+def test_plain_dpo_config_is_rejected_with_advice(tokenizer, make_model, tmp_path):
+    with pytest.raises(TypeError, match="DynamicPOConfig"):
+        DynamicPOTrainer(
+            model=make_model(), args=DPOConfig(str(tmp_path), bf16=False),
+            train_dataset=Dataset.from_list(preference_rows(2)), processing_class=tokenizer,
+        )
