@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
 
@@ -108,8 +109,11 @@ def tokenize_completions(
     else:
         eos = processing_class.eos_token if add_eos else ""
         texts = [c if (not eos or c.endswith(eos)) else c + eos for c in completions]
-        prompt_ids = _tokenize(processing_class, prompt)["input_ids"]
-        full = [_tokenize(processing_class, prompt + c)["input_ids"] for c in texts]
+        if isinstance(processing_class, PreTrainedTokenizerBase):  # one batched call for the K + 2 texts
+            prompt_ids, *full = processing_class([prompt] + [prompt + c for c in texts])["input_ids"]
+        else:
+            prompt_ids = _tokenize(processing_class, prompt)["input_ids"]
+            full = [_tokenize(processing_class, prompt + c)["input_ids"] for c in texts]
     prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full)
     if prompt_len < len(prompt_ids):
         logger.warning_once(
