@@ -147,22 +147,25 @@ def _objective(
 
 def _gradient_weights(
     loss_type: str,
-    logit: torch.Tensor,
     rejected_scores: torch.Tensor,
     chosen_scores: torch.Tensor,
     betas: torch.Tensor,
     selected: torch.Tensor,
 ) -> torch.Tensor:
-    """|dL/dp_j| for every negative, in closed form (no autograd in the training step)."""
-    outer = torch.sigmoid(-logit)[:, None]  # dL/dz = -sigmoid(-z)
+    """|dL/dp_j| per negative up to a per-example factor, in closed form (no autograd in the training step).
+
+    The factor sigmoid(-z) shared by every negative is left out (it cancels in the boundary share), so the share
+    stays defined when the loss saturates, which is exactly when collapse is worth watching.
+    """
     if loss_type == "dmpo":
-        inner = betas / selected.sum(dim=1, keepdim=True).clamp(min=1)
+        weights = betas
     elif loss_type == "sdpo":
         terms = (betas * (rejected_scores - chosen_scores[:, None])).masked_fill(~selected, float("-inf"))
-        inner = torch.softmax(terms, dim=1) * betas
-    else:
-        inner = betas * rejected_scores.exp()
-    return torch.where(selected, outer * inner, 0.0)
+        weights = torch.softmax(terms, dim=1) * betas
+    else:  # mppo: beta_j exp(p_j), scaled by the row's largest probability so it cannot underflow
+        top = rejected_scores.masked_fill(~selected, float("-inf")).amax(dim=1, keepdim=True)
+        weights = betas * (rejected_scores - top).exp()
+    return torch.where(selected, weights, 0.0)
 
 
 def multi_negative_loss(
@@ -193,7 +196,8 @@ def multi_negative_loss(
         margin: the margin m of the dual-margin formula.
         beta_scale: the scale s; beta_j lies in [beta (1 - s), beta (1 + s)].
         rejected_mask: (B, K) bool, False marks padding negatives (rows with fewer negatives). Every row needs at
-            least one valid negative. Padding takes part in nothing and receives no gradient.
+            least one valid negative (not checked here, to keep the step free of host syncs; the trainer validates
+            its data). Padding takes part in nothing and receives no gradient.
 
     Conventions (SPEC leaves these open):
         * Clustering sorts ascending and stably; among exactly equal errors the first cut points win.
@@ -206,7 +210,9 @@ def multi_negative_loss(
         stats: detached tensors for logging: `boundary_mask`, `selected_mask`, `easy_mask` (B, K) bool;
             `used_clustering` (B,) bool; `betas`, `d_pb`, `d_be`, `rejected_rewards` (B, K), zero at padding
             (`betas` also zero outside the selected set); `chosen_rewards`, `reward_accuracy`,
-            `boundary_grad_share` (B,).
+            `boundary_grad_share` (B,): share of |dL/dp_j| summed over the selected negatives that reaches the
+            boundary ones (1 with selection on; computed without the common sigmoid factor, so it stays defined
+            when the loss saturates).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
@@ -252,7 +258,7 @@ def multi_negative_loss(
         chosen_rewards = beta * chosen_scores.detach()
         rejected_rewards = torch.where(valid, beta * rejected_scores.detach(), 0.0)
         beaten = (chosen_rewards[:, None] > rejected_rewards) | ~valid
-        grads = _gradient_weights(loss_type, logit.detach(), rejected_scores.detach(), chosen_scores.detach(), betas, selected)
+        grads = _gradient_weights(loss_type, rejected_scores.detach(), chosen_scores.detach(), betas, selected)
         total = grads.sum(dim=1)
         to_boundary = torch.where(boundary, grads, 0.0).sum(dim=1)
         share = torch.where(total > 0, to_boundary / total.clamp(min=torch.finfo(total.dtype).tiny), 1.0)
