@@ -14,8 +14,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-
 from reference_losses import exact_kmeans_1d, reference_multi_negative_loss, select_example
 
 
