@@ -27,7 +27,6 @@ from trl.trainer.utils import add_fused_lm_head, pad
 
 
 PACKABLE_ATTENTION = ("eager", "sdpa")
-_FUSED_MARK = "_dynamicpo_fused_lm_head"
 
 
 def _pad(rows: list[list[int]], value: int, multiple: int | None) -> torch.Tensor:
@@ -133,11 +132,15 @@ def can_pack(model) -> bool:
 
 
 def ensure_fused_lm_head(model) -> None:
-    """Give `model` TRL's fused LM head (log-probs at labelled positions only, no full logits), once."""
+    """Give `model` TRL's fused LM head (log-probs at labelled positions only, no full logits) unless it has one.
+
+    A head that a TRL trainer already added is kept as is, with the outputs that trainer needs (SFTTrainer reads
+    the entropy). Without `fused_lm_head=True` the patched forward is the original one, so generation is unchanged.
+    """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(target, _FUSED_MARK, False):
+    forward = getattr(target.forward, "__func__", None)
+    if forward is None or forward.__code__.co_name != "_fused_forward":  # the name of TRL 1.16's patched forward
         add_fused_lm_head(target, outputs=("log_probs",))
-        setattr(target, _FUSED_MARK, True)
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

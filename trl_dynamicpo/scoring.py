@@ -28,7 +28,8 @@ def score_completions(
     prompt is run once for all its completions.
 
     Args:
-        model: a causal LM (PEFT-wrapped models work). It is switched to eval mode and given TRL's fused LM head.
+        model: a causal LM (PEFT-wrapped models work). It runs in eval mode (its mode is restored afterwards) and
+            is given TRL's fused LM head if it has none.
         tokenizer: its tokenizer.
         prompts: N prompts, strings or message lists.
         completions: N lists of completions (strings, or message lists for conversational prompts); the lists may
@@ -43,6 +44,7 @@ def score_completions(
     """
     if len(prompts) != len(completions):
         raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completion lists.")
+    was_training = model.training
     model.eval()
     ensure_fused_lm_head(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -61,4 +63,5 @@ def score_completions(
         batch = {k: v.to(device) for k, v in collator(examples).items()}
         logps = completion_logps(model, batch).float().cpu()
         scores.extend(row[: 1 + len(ex["rejected_ids"])] for row, ex in zip(logps.tolist(), examples))
+    model.train(was_training)
     return scores

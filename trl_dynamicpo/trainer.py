@@ -25,7 +25,7 @@ from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .config import DynamicPOConfig
 from .losses import multi_negative_loss
-from .packing import DataCollatorForMultiNegative, can_pack, completion_logps, ensure_fused_lm_head
+from .packing import DataCollatorForMultiNegative, can_pack, completion_logps
 from .preprocessing import prepare_preference_dataset
 
 
@@ -172,8 +172,6 @@ class DynamicPOTrainer(DPOTrainer):
         if self._reference_free:
             self.precompute_ref_logps = False
             self.ref_model = None
-        # The parent's fused head also computes entropy and logit statistics this trainer does not log.
-        ensure_fused_lm_head(self.model)
         self._step_metrics = {"train": [], "eval": []}
 
     @staticmethod

@@ -1,0 +1,121 @@
+"""Recommendation data and evaluation for LLM-based sequential recommendation (LLaRA / S-DPO / DynamicPO style).
+
+Modules:
+
+- `readers`: `RecExample`, `read_catalogue`, `read_examples`, `write_examples` (S-DPO file format).
+- `candidates`: `leak_free_candidates`, `make_leak_free_file`, `leak_check` (the public lists leak the target).
+- `prompts`: `PromptBuilder` and the domain templates (text boundary convention documented there).
+- `datasets`: `sft_dataset`, `preference_dataset` (TRL prompt-completion / multi-negative preference formats).
+- `metrics`: `parse_answer`, `generation_metrics`, `ranking_metrics`.
+- `baselines`: random, popularity and transition baselines, `baseline_metrics`.
+- `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`.
+- `sample`: the bundled LastFM sample (`load_sample`, `sample_path`, `build_sample`).
+- `tools`: `main_leak_free`, `main_leak_check` command-line entry points.
+
+Names are imported lazily, so `import trl_dynamicpo.recsys` does not load torch or transformers.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+
+_LAZY = {
+    "RecExample": "readers",
+    "RecDataError": "readers",
+    "read_catalogue": "readers",
+    "read_examples": "readers",
+    "write_examples": "readers",
+    "split_history": "readers",
+    "leak_free_candidates": "candidates",
+    "make_leak_free_file": "candidates",
+    "leak_check": "candidates",
+    "catalogue_from_examples": "candidates",
+    "PromptBuilder": "prompts",
+    "TEMPLATES": "prompts",
+    "ANSWER_CUE": "prompts",
+    "sft_dataset": "datasets",
+    "preference_dataset": "datasets",
+    "sample_negatives": "datasets",
+    "parse_answer": "metrics",
+    "generation_metrics": "metrics",
+    "ranking_metrics": "metrics",
+    "target_ranks": "metrics",
+    "random_baseline": "baselines",
+    "popularity_baseline": "baselines",
+    "transition_baseline": "baselines",
+    "baseline_metrics": "baselines",
+    "item_counts": "baselines",
+    "evaluate_ranking": "evaluation",
+    "evaluate_generation": "evaluation",
+    "generate_answers": "evaluation",
+    "RecEvalCallback": "evaluation",
+    "sample_path": "sample",
+    "load_sample": "sample",
+    "build_sample": "sample",
+    "sample_catalogue": "sample",
+    "main_leak_free": "tools",
+    "main_leak_check": "tools",
+    "LeakFreeArguments": "tools",
+    "LeakCheckArguments": "tools",
+}
+
+__all__ = [
+    "RecExample",
+    "RecDataError",
+    "read_catalogue",
+    "read_examples",
+    "write_examples",
+    "split_history",
+    "leak_free_candidates",
+    "make_leak_free_file",
+    "leak_check",
+    "catalogue_from_examples",
+    "PromptBuilder",
+    "TEMPLATES",
+    "ANSWER_CUE",
+    "sft_dataset",
+    "preference_dataset",
+    "sample_negatives",
+    "parse_answer",
+    "generation_metrics",
+    "ranking_metrics",
+    "target_ranks",
+    "random_baseline",
+    "popularity_baseline",
+    "transition_baseline",
+    "baseline_metrics",
+    "item_counts",
+    "evaluate_ranking",
+    "evaluate_generation",
+    "generate_answers",
+    "RecEvalCallback",
+    "sample_path",
+    "load_sample",
+    "build_sample",
+    "sample_catalogue",
+    "main_leak_free",
+    "main_leak_check",
+    "LeakFreeArguments",
+    "LeakCheckArguments",
+]
+
+if TYPE_CHECKING:
+    from .baselines import baseline_metrics, item_counts, popularity_baseline, random_baseline, transition_baseline
+    from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
+    from .datasets import preference_dataset, sample_negatives, sft_dataset
+    from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers
+    from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
+    from .prompts import ANSWER_CUE, TEMPLATES, PromptBuilder
+    from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples
+    from .sample import build_sample, load_sample, sample_catalogue, sample_path
+    from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

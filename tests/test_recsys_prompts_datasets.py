@@ -1,0 +1,79 @@
+import pytest
+
+from trl_dynamicpo.recsys import TEMPLATES, PromptBuilder, RecExample, preference_dataset, sft_dataset
+from trl_dynamicpo.recsys.datasets import sample_negatives
+
+
+EXAMPLES = [
+    RecExample(["Muse", "Air"], ["Moby", "Björk", "Portishead", "Slayer"], "Björk"),
+    RecExample(["Moby"], ["Muse", "Air", "The Cure", "Pixies"], "Pixies"),
+    RecExample(["Pixies", "Air", "Moby"], ["Shakira", "Muse", "Enigma", "Madonna"], "Shakira"),
+]
+
+
+@pytest.mark.parametrize("domain", sorted(TEMPLATES))
+def test_domains_render_history_candidates_and_cue(domain):
+    builder = PromptBuilder(domain, seed=1)
+    for i, ex in enumerate(EXAMPLES):
+        prompt = builder.build(ex, i)
+        assert prompt.endswith("\nAnswer:")
+        assert ", ".join(ex.history) in prompt and ", ".join(ex.candidates) in prompt
+        assert "{" not in prompt
+    assert builder.completion("Björk") == " Björk"
+
+
+def test_paraphrase_choice_is_seeded_per_index():
+    builder = PromptBuilder("music", seed=0)
+    chosen = {builder.template_index(i) for i in range(60)}
+    assert chosen == set(range(len(TEMPLATES["music"])))
+    again = PromptBuilder("music", seed=0)
+    assert [builder.build(EXAMPLES[0], i) for i in range(20)] == [again.build(EXAMPLES[0], i) for i in range(20)]
+    other = PromptBuilder("music", seed=5)
+    assert [builder.template_index(i) for i in range(40)] != [other.template_index(i) for i in range(40)]
+
+
+def test_conversational_and_custom_template():
+    builder = PromptBuilder(template="Seen: {history}\nPick from: {candidates}", conversational=True)
+    messages = builder.build(EXAMPLES[0], 0)
+    assert messages == [{"role": "user", "content": "Seen: Muse, Air\nPick from: Moby, Björk, Portishead, Slayer"}]
+    assert builder.completion("Björk") == [{"role": "assistant", "content": "Björk"}]
+
+    # A template that already ends with the cue is not given a second one; braces in names are left alone.
+    plain = PromptBuilder(template="H={history} C={candidates} Answer:")
+    ex = RecExample(["{candidates}"], ["a", "b"], "a")
+    assert plain.build(ex, 0) == "H={candidates} C=a, b Answer:"
+
+    with pytest.raises(ValueError, match="lacks the placeholder"):
+        PromptBuilder(template="no placeholders here")
+    with pytest.raises(ValueError, match="unknown domain"):
+        PromptBuilder("podcasts")
+
+
+def test_sft_dataset():
+    builder = PromptBuilder("music")
+    ds = sft_dataset(EXAMPLES, builder)
+    assert ds.column_names == ["prompt", "completion"]
+    assert ds[1]["prompt"] == builder.build(EXAMPLES[1], 1)
+    assert ds[1]["completion"] == " Pixies"
+    conv = sft_dataset(EXAMPLES, PromptBuilder("music", conversational=True))
+    assert conv[2]["completion"] == [{"role": "assistant", "content": "Shakira"}]
+
+
+def test_preference_dataset_all_and_sampled_negatives():
+    builder = PromptBuilder("music")
+    full = preference_dataset(EXAMPLES, builder)
+    assert full.column_names == ["prompt", "chosen", "rejected"]
+    assert full[0]["chosen"] == " Björk"
+    assert full[0]["rejected"] == [" Moby", " Portishead", " Slayer"]
+
+    sampled = preference_dataset(EXAMPLES, builder, num_negatives=2, seed=0)
+    for ex, row in zip(EXAMPLES, sampled):
+        assert len(row["rejected"]) == 2 and len(set(row["rejected"])) == 2
+        assert " " + ex.target not in row["rejected"]
+        assert {r[1:] for r in row["rejected"]} <= set(ex.candidates)
+    assert sampled["rejected"] == preference_dataset(EXAMPLES, builder, num_negatives=2, seed=0)["rejected"]
+    draws = {tuple(sample_negatives(EXAMPLES[0], 0, 2, seed)) for seed in range(20)}
+    assert len(draws) > 1
+
+    with pytest.raises(ValueError, match="row 0: num_negatives=5"):
+        preference_dataset(EXAMPLES, builder, num_negatives=5)

@@ -1,0 +1,318 @@
+"""Evaluate a causal LM as a recommender: candidate ranking by log-likelihood, and greedy generation.
+
+- `evaluate_ranking` scores every candidate c of a prompt x by log pi(c | x) (summed over the completion tokens,
+  EOS included for standard-format prompts, exactly as DynamicPO trains) with `trl_dynamicpo.scoring`, and reports
+  HR@k / NDCG@k / MRR with pessimistic ties (`ranking_metrics`).
+- `evaluate_generation` follows the papers' protocol: greedy decoding, at most 20 new tokens, then HR@1 and
+  ValidRatio from the answer text (`generation_metrics`).
+
+Both write `metrics.json` and `predictions.jsonl` (one line per prompt) when given an `output_dir`, and add the
+non-LLM baselines and the candidate-list leak check when given the training prompts. `RecEvalCallback` runs the
+ranking evaluation inside a `transformers.Trainer` and logs `eval_rank_hr@1` etc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from .baselines import baseline_metrics
+from .candidates import leak_check
+from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
+from .prompts import PromptBuilder
+from .readers import RecExample
+
+
+def _reference_numbers(train_examples: Sequence[RecExample] | None, examples: Sequence[RecExample]) -> dict:
+    if train_examples is None:
+        return {}
+    return {
+        "baselines": baseline_metrics(train_examples, examples),
+        "leak_check": leak_check(train_examples, examples),
+    }
+
+
+def _write_outputs(output_dir: str | os.PathLike | None, metrics: dict, predictions: list[dict]) -> None:
+    if output_dir is None:
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for row in predictions:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def evaluate_ranking(
+    model,
+    tokenizer,
+    examples: Sequence[RecExample],
+    builder: PromptBuilder,
+    *,
+    batch_size: int = 8,
+    output_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    train_examples: Sequence[RecExample] | None = None,
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, Any]:
+    """Rank each prompt's candidates by log pi(candidate | prompt) and report ranking metrics.
+
+    Prompt i is `builder.build(examples[i], i)` and candidate c's completion is `builder.completion(c)`.
+
+    Args:
+        model, tokenizer: the causal LM and its tokenizer. Its train/eval mode is left as found.
+        examples: the evaluation prompts.
+        builder: prompt format (must match training).
+        batch_size: prompts per forward pass.
+        output_dir: where to write `metrics.json` and `predictions.jsonl` (target, candidates, scores, rank).
+        show_progress: progress bar.
+        train_examples: when given, the result also holds `baselines` (`baseline_metrics`) and `leak_check`.
+        ks: cut-offs for HR@k and NDCG@k.
+
+    Returns:
+        `{"hr@1", "ndcg@1", "hr@5", "ndcg@5", "mrr", "n"}` (plus `baselines` and `leak_check` with
+        `train_examples`).
+    """
+    from trl_dynamicpo.scoring import score_completions
+
+    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
+    completions = [[builder.completion(c) for c in ex.candidates] for ex in examples]
+    scores = score_completions(
+        model, tokenizer, prompts, completions, batch_size=batch_size, show_progress=show_progress,
+        desc="Ranking candidates",
+    )  # fmt: skip
+    targets = [ex.target_index for ex in examples]
+    metrics: dict[str, Any] = ranking_metrics(scores, targets, ks)
+    metrics.update(_reference_numbers(train_examples, examples))
+    if output_dir is not None:
+        ranks = target_ranks(scores, targets).tolist()
+        predictions = [
+            {
+                "index": i,
+                "target": ex.target,
+                "target_index": targets[i],
+                "candidates": ex.candidates,
+                "scores": scores[i],
+                "rank": ranks[i],
+                "top": ex.candidates[max(range(len(scores[i])), key=scores[i].__getitem__)],
+            }
+            for i, ex in enumerate(examples)
+        ]
+        _write_outputs(output_dir, {"protocol": "ranking", **metrics}, predictions)
+    return metrics
+
+
+def _prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt as the trainers see it (TRL's tokenization, generation prompt for messages)."""
+    if isinstance(prompt, list):
+        out = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tokenizer(text=prompt)["input_ids"])
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str | list[dict]],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 20,
+    show_progress: bool = True,
+) -> list[str]:
+    """Greedy answers (decoded new tokens, special tokens skipped) for each prompt, batched with left padding.
+
+    Prompts are batched in order of length to limit padding; answers come back in the input order.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+    device = next(model.parameters()).device
+    encoded = [_prompt_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    answers: list[str] = [""] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="Generating", disable=not show_progress):
+            batch = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids) :] = 1
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for row, i in enumerate(batch):
+                answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def evaluate_generation(
+    model,
+    tokenizer,
+    examples: Sequence[RecExample],
+    builder: PromptBuilder,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 20,
+    output_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    train_examples: Sequence[RecExample] | None = None,
+) -> dict[str, Any]:
+    """The papers' generation protocol: greedy answers (left padding, `max_new_tokens`), then HR@1 and ValidRatio.
+
+    Args:
+        model, tokenizer: the causal LM and its tokenizer.
+        examples: the evaluation prompts; prompt i is `builder.build(examples[i], i)`.
+        builder: prompt format (must match training).
+        batch_size: prompts per `generate` call.
+        max_new_tokens: generation budget (20 in the papers).
+        output_dir: where to write `metrics.json` and `predictions.jsonl` (target, candidates, answer, the
+            candidates it names, valid, hit).
+        show_progress: progress bar.
+        train_examples: when given, the result also holds `baselines` and `leak_check`.
+
+    Returns:
+        `{"hr@1", "valid_ratio", "n"}` (plus `baselines` and `leak_check` with `train_examples`).
+    """
+    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
+    answers = generate_answers(
+        model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress=show_progress
+    )
+    metrics: dict[str, Any] = generation_metrics(answers, examples)
+    metrics.update(_reference_numbers(train_examples, examples))
+    if output_dir is not None:
+        predictions = []
+        for i, (ex, answer) in enumerate(zip(examples, answers)):
+            named = parse_answer(answer, ex.candidates)
+            predictions.append(
+                {
+                    "index": i,
+                    "target": ex.target,
+                    "candidates": ex.candidates,
+                    "answer": answer,
+                    "parsed": [ex.candidates[j] for j in named],
+                    "valid": len(named) == 1,
+                    "hit": named == [ex.target_index],
+                }
+            )
+        _write_outputs(
+            output_dir, {"protocol": "generation", "max_new_tokens": max_new_tokens, **metrics}, predictions
+        )
+    return metrics
+
+
+class RecEvalCallback(TrainerCallback):
+    """Run `evaluate_ranking` on a small example list during training and log `eval_rank_hr@1`, etc.
+
+    It runs after every evaluation of the trainer (`on_evaluate`; the values are added to the metrics dict
+    `trainer.evaluate()` returns and to the matching `state.log_history` entry) and, with `eval_steps`, every
+    `eval_steps` optimiser steps as well. Pass `trainer` (or call `bind(trainer)`) to send the values through
+    `trainer.log`, so that reporting integrations (TensorBoard, W&B, ...) receive them too.
+
+    Args:
+        examples: evaluation prompts (keep it small: every candidate of every prompt is scored).
+        builder: prompt format used in training.
+        tokenizer: defaults to the trainer's processing class.
+        eval_steps: also evaluate every this many steps (None: only with the trainer's evaluations).
+        batch_size: prompts per forward pass.
+        prefix: metric name prefix.
+        output_dir: if set, each run writes `metrics.json` / `predictions.jsonl` under `output_dir/step-N`.
+        trainer: optional trainer to log through.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[RecExample],
+        builder: PromptBuilder,
+        tokenizer=None,
+        *,
+        eval_steps: int | None = None,
+        batch_size: int = 8,
+        prefix: str = "eval_rank_",
+        output_dir: str | os.PathLike | None = None,
+        trainer=None,
+    ):
+        if eval_steps is not None and eval_steps < 1:
+            raise ValueError(f"eval_steps must be positive or None, got {eval_steps}")
+        self.examples = list(examples)
+        self.builder = builder
+        self.tokenizer = tokenizer
+        self.eval_steps = eval_steps
+        self.batch_size = batch_size
+        self.prefix = prefix
+        self.output_dir = output_dir
+        self.trainer = trainer
+        self.history: list[dict[str, float]] = []
+        self._last_step: int | None = None
+
+    def bind(self, trainer) -> RecEvalCallback:
+        """Log through `trainer.log` from now on; returns self."""
+        self.trainer = trainer
+        return self
+
+    def evaluate(self, model, tokenizer, step: int = 0) -> dict[str, float]:
+        """Run the ranking evaluation now and return the prefixed numeric metrics."""
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("RecEvalCallback needs a tokenizer (pass one, or use it inside a Trainer)")
+        out_dir = None if self.output_dir is None else Path(self.output_dir) / f"step-{step}"
+        metrics = evaluate_ranking(
+            model, tokenizer, self.examples, self.builder, batch_size=self.batch_size, output_dir=out_dir,
+            show_progress=False,
+        )  # fmt: skip
+        return {f"{self.prefix}{k}": float(v) for k, v in metrics.items() if k != "n"}
+
+    def _run(self, state, model, processing_class) -> tuple[dict[str, float] | None, bool]:
+        """(results, fresh): evaluates at most once per global step and reuses that step's results."""
+        if self._last_step == state.global_step and self.history:
+            return {k: v for k, v in self.history[-1].items() if k != "step"}, False
+        if model is None:
+            return None, False
+        self._last_step = state.global_step
+        results = self.evaluate(model, self.tokenizer or processing_class, state.global_step)
+        self.history.append({"step": state.global_step, **results})
+        return results, True
+
+    def _record(self, state, results: dict[str, float], merge: bool) -> None:
+        if self.trainer is not None:
+            self.trainer.log(results)
+        elif merge and state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(results)  # the entry the trainer just logged for this evaluation
+        else:
+            state.log_history.append({**results, "step": state.global_step})
+
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
+        results, fresh = self._run(state, model, processing_class)
+        if results is None:
+            return
+        if metrics is not None:
+            metrics.update(results)
+        if fresh:
+            self._record(state, results, merge=True)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not self.eval_steps or state.global_step % self.eval_steps:
+            return
+        results, fresh = self._run(state, model, processing_class)
+        if results is not None and fresh:
+            self._record(state, results, merge=False)
