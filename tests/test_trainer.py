@@ -244,3 +244,13 @@ def test_plain_dpo_config_is_rejected_with_advice(tokenizer, make_model, tmp_pat
             model=make_model(), args=DPOConfig(str(tmp_path), bf16=False),
             train_dataset=Dataset.from_list(preference_rows(2)), processing_class=tokenizer,
         )
+
+
+def test_instantiated_model_without_reference_gets_a_copy(tokenizer, make_model, make_config):
+    model = make_model()
+    trainer = DynamicPOTrainer(
+        model=model, args=make_config(), train_dataset=Dataset.from_list(preference_rows(4)), processing_class=tokenizer
+    )
+    assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+    for (name, p), (_, q) in zip(trainer.model.named_parameters(), trainer.ref_model.named_parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name

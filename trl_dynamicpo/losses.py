@@ -7,6 +7,7 @@ round trip. See `SPEC.md` for the maths; the conventions the spec leaves open ar
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -22,6 +23,7 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+@functools.lru_cache(maxsize=64)
 def _cut_table(num_values: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """All (i, j) with 0 <= i <= j <= num_values, in lexicographic order (the tie-break order)."""
     pairs = list(itertools.combinations_with_replacement(range(num_values + 1), 2))
@@ -34,8 +36,8 @@ def top_cluster_mask(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
     Each row's valid values are sorted ascending (stable, so ties keep their column order) and every partition
     into k contiguous non-empty groups is scored by its within-group sum of squares; the best partition wins, the
-    lexicographically first cut points among exact ties. With at most K = 20 negatives the (B, cuts, K) table
-    is tiny, so an exhaustive search is both exact and fast.
+    lexicographically first cut points among exact ties. With at most K = 20 negatives there are at most 231
+    cuts per row, so an exhaustive search over prefix sums is both exact and fast.
 
     Args:
         values: (B, K) values to cluster.
@@ -66,15 +68,18 @@ def top_cluster_mask(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         torch.where(k == 2, (ci >= 1) & (ci < n) & (cj == n), (ci == n) & (cj == n)),
     )  # (B, C)
 
-    # Group of each sorted position under each cut: 0 below i, 1 in [i, j), 2 from j on.
-    group = (positions[None, :] >= cut_i[:, None]).long() + (positions[None, :] >= cut_j[:, None]).long()  # (C, K)
-    member = F.one_hot(group, 3).to(work.dtype)[None] * in_row[:, None, :, None].to(work.dtype)  # (B, C, K, 3)
-    counts = member.sum(dim=2)  # (B, C, 3)
-    sums = (member * sorted_vals[:, None, :, None]).sum(dim=2)
-    means = sums / counts.clamp(min=1)
-    centred_sq = (sorted_vals[:, None, :, None] - means[:, :, None, :]) ** 2
-    error = (member * centred_sq).sum(dim=(2, 3))  # (B, C)
-    error = error.masked_fill(~admissible, float("inf"))
+    # Within-group sums of squares from prefix sums: SSE[a, b) = sum x^2 - (sum x)^2 / (b - a). The values are
+    # centred on the row maximum and in float64, so the subtraction loses nothing that matters.
+    zero = sorted_vals.new_zeros(batch, 1)
+    sum1 = torch.cat([zero, sorted_vals.cumsum(dim=1)], dim=1)  # (B, K + 1)
+    sum2 = torch.cat([zero, sorted_vals.square().cumsum(dim=1)], dim=1)
+    bounds = torch.stack([torch.zeros_like(cut_i), cut_i, cut_j, torch.full_like(cut_j, width)])  # (4, C)
+    bounds = torch.minimum(bounds[None], n[:, :, None])  # (B, 4, C), clipped to each row's length
+    lo, hi = bounds[:, :-1].reshape(batch, -1), bounds[:, 1:].reshape(batch, -1)  # the 3 groups of every cut
+    group_sum = sum1.gather(1, hi) - sum1.gather(1, lo)
+    group_sq = sum2.gather(1, hi) - sum2.gather(1, lo)
+    sse = (group_sq - group_sum.square() / (hi - lo).to(work.dtype).clamp(min=1)).clamp(min=0)
+    error = sse.view(batch, 3, -1).sum(dim=1).masked_fill(~admissible, float("inf"))  # (B, C)
     best = error.argmin(dim=1)  # first minimum = lexicographically first cuts
 
     start = torch.where(k.squeeze(1) == 3, cut_j[best], torch.where(k.squeeze(1) == 2, cut_i[best], 0))

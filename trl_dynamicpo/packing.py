@@ -107,7 +107,7 @@ def block_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dt
     """(rows, 1, L, L) mask for the packed layout: causal, and a completion block sees the prompt and itself only.
 
     `sdpa` takes a boolean mask (True = attend); `eager` an additive float mask of `dtype`. Padding positions
-    attend to themselves so that no softmax row is empty.
+    also attend to themselves, so that no softmax row is empty (their outputs are never read).
     """
     length = segment_ids.size(1)
     query, key = segment_ids[:, :, None], segment_ids[:, None, :]

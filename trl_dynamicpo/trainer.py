@@ -8,6 +8,7 @@ Accelerate, DeepSpeed/FSDP, checkpoints, the model card) is `DPOTrainer`'s.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import textwrap
 
@@ -132,6 +133,18 @@ class DynamicPOTrainer(DPOTrainer):
                 ref_model = None
             if args.sync_ref_model:
                 raise ValueError("sync_ref_model=True has no meaning for the reference-free 'mppo' objective.")
+
+        # With neither a reference model, PEFT nor precomputed log-probs, DPOTrainer reloads the policy from its
+        # name; an instantiated model is copied instead, which is its initial state and needs no hub access.
+        if (
+            ref_model is None
+            and not self._reference_free
+            and not isinstance(model, str)
+            and peft_config is None
+            and not is_peft_model(model)
+            and not args.precompute_ref_log_probs
+        ):
+            ref_model = copy.deepcopy(model)
 
         # The parent builds its pairwise collator when `data_collator` is None, so build ours first, with TRL's
         # pad-token fallback, before the parent settles the pad token.
