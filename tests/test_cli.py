@@ -1,0 +1,228 @@
+"""The `trl-dynamicpo` command line: sft -> train -> eval end to end in real subprocesses, and the parser rules."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A tiny model + tokenizer for the bundled LastFM sample, saved so that the CLI can load it by path."""
+    from trl_dynamicpo.cli.quickstart import build_base_model
+    from trl_dynamicpo.recsys import load_sample
+
+    path = tmp_path_factory.mktemp("base")
+    build_base_model(path, load_sample("train")[:64], vocab_size=300, hidden_size=32, num_layers=1)
+    return path
+
+
+def tiny_recipe(base, out: Path) -> dict:
+    return {
+        "model_name_or_path": str(base),
+        "max_train_samples": 16,
+        "max_eval_samples": 8,
+        "num_negatives": 3,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "report_to": "none",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "sft": {"output_dir": str(out / "sft"), "max_steps": 2, "learning_rate": 1e-3},
+        "train": {
+            "model_name_or_path": str(out / "sft"),
+            "output_dir": str(out / "dynamicpo"),
+            "max_steps": 2,
+            "learning_rate": 1e-3,
+            "beta": 1.0,
+            "report_to": "tensorboard",
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "rank_eval_samples": 4,
+        },
+        "eval": {"model_name_or_path": str(out / "dynamicpo"), "batch_size": 8, "max_new_tokens": 4},
+        "variants": {"dmpo": {"boundary_selection": False, "dynamic_beta": False, "output_dir": str(out / "dmpo")}},
+    }
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def test_sft_train_eval_subprocesses(base_model, tmp_path):
+    """sft -> train -> eval through the real entry points, with a YAML recipe and a flag override."""
+    config = write_yaml(tmp_path / "recipe.yaml", tiny_recipe(base_model, tmp_path))
+    console = shutil.which("trl-dynamicpo")
+    sft_cmd = [console] if console else [sys.executable, "-m", "trl_dynamicpo"]
+    run_cli(*sft_cmd, "sft", "--config", str(config))
+    sft_dir = tmp_path / "sft"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "trainer_state.json"):
+        assert (sft_dir / name).exists(), name
+    sft_record = json.loads((sft_dir / "trl_dynamicpo_run.json").read_text())
+    assert sft_record["command"] == "sft" and sft_record["training"]["max_steps"] == 2
+
+    # The flag overrides the recipe's `beta: 1.0`; the recipe's section still sets everything else.
+    run_cli(sys.executable, "-m", "trl_dynamicpo", "train", "--config", str(config), "--beta", "0.5")
+    dpo_dir = tmp_path / "dynamicpo"
+    record = json.loads((dpo_dir / "trl_dynamicpo_run.json").read_text())
+    assert record["training"]["beta"] == 0.5
+    assert record["training"]["learning_rate"] == 1e-3 and record["training"]["max_steps"] == 2
+    assert record["method"] == "DynamicPO (DMPO)"
+    assert record["data"]["num_negatives"] == 3 and record["data"]["candidates"] == "leak_free"
+    assert "policy and reference" in record["handoff"]
+    card = (dpo_dir / "README.md").read_text()
+    assert "DynamicPO" in card and "dynamicpo" in card
+    history = json.loads((dpo_dir / "trainer_state.json").read_text())["log_history"]
+    losses = [row["loss"] for row in history if "loss" in row]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    # Policy == reference at the first step, so every log-ratio is 0 and the DMPO loss is log 2.
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert any("dynamicpo/boundary_negatives" in row for row in history)
+    evaluation = [row for row in json.loads((dpo_dir / "trainer_state.json").read_text())["log_history"]
+                  if "eval_loss" in row or "eval_rank_hr@1" in row]  # fmt: skip
+    assert any("eval_loss" in row for row in evaluation) and any("eval_rank_ndcg@5" in row for row in evaluation)
+    assert list(dpo_dir.rglob("events.out.tfevents.*")), "report_to=tensorboard wrote no event file"
+
+    result = run_cli(sys.executable, "-m", "trl_dynamicpo", "eval", "--config", str(config), "--protocol", "both")
+    metrics = json.loads((dpo_dir / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 8 and metrics["candidates"] == "leak_free" and metrics["split"] == "eval"
+    ranking, generation = metrics["ranking"], metrics["generation"]
+    assert ranking["n"] == 8 and generation["n"] == 8
+    for key in ("hr@1", "hr@5", "ndcg@5", "mrr"):
+        assert 0.0 <= ranking[key] <= 1.0
+    assert ranking["hr@1"] <= ranking["hr@5"] and ranking["mrr"] >= 1 / 20
+    assert 0.0 <= generation["hr@1"] <= generation["valid_ratio"] <= 1.0
+    assert set(metrics["baselines"]) >= {"random", "popularity"} and "hit_rate" in metrics["leak_check"]
+    predictions = (dpo_dir / "eval" / "ranking" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in predictions] == list(range(8))
+    assert "ranking     HR@1" in result.stdout
+
+
+def test_help_and_version(capsys):
+    from trl_dynamicpo.cli.main import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("sft", "train", "eval", "quickstart", "leak-free", "leak-check"):
+        assert command in out
+    assert main(["--version"]) == 0
+    assert main(["no-such-command"]) == 2
+
+
+def test_yaml_sections_variants_and_flags(tmp_path):
+    from trl_dynamicpo.cli import evaluate, sft, train
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    config = write_yaml(tmp_path / "r.yaml", {**tiny_recipe("base-path", tmp_path), "learning_rate": 5e-5})
+    data, args, model = parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+    assert model.model_name_or_path == "base-path" and args.learning_rate == 1e-3 and not args.bf16
+    assert data.num_negatives == 3 and data.candidates == "leak_free"
+    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--max_steps", "7"])
+    assert model.model_name_or_path == str(tmp_path / "sft") and args.max_steps == 7 and args.beta == 1.0
+    assert args.boundary_selection and args.dynamic_beta
+    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo"])
+    assert not args.boundary_selection and not args.dynamic_beta and args.output_dir == str(tmp_path / "dmpo")
+    assert train.method_name(args) == "DMPO"
+    _, eval_args, model = parse_command("eval", evaluate.dataclass_types(), ["--config", str(config), "--variant=dmpo"])
+    assert model.model_name_or_path == str(tmp_path / "dmpo") and eval_args.output_dir is None
+    # num_negatives -1 means every non-target candidate.
+    data, *_ = parse_command("train", train.dataclass_types(), ["--config", str(config), "--num_negatives", "-1"])
+    assert data.num_negatives is None
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    from trl_dynamicpo.cli import sft, train
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    config = write_yaml(tmp_path / "r.yaml", {"model_name_or_path": "x", "learnig_rate": 1e-4})
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+    config = write_yaml(tmp_path / "v.yaml", {"model_name_or_path": "x"})
+    with pytest.raises(ValueError, match="no variant"):
+        parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo"])
+
+
+def test_leak_tools_are_wired(tmp_path, capsys):
+    from trl_dynamicpo.cli.main import main
+    from trl_dynamicpo.recsys import read_examples, sample_path
+
+    dst = tmp_path / "val.leak_free.jsonl"
+    assert main(["leak-free", str(sample_path("val")), str(dst), "--catalogue", str(sample_path("items"))]) == 0
+    rebuilt = read_examples(dst)
+    assert len(rebuilt) == 300 and all(len(ex.candidates) == 20 for ex in rebuilt)
+    assert main(["leak-check", str(sample_path("train")), str(dst), "--output", str(tmp_path / "leak.json")]) == 0
+    result = json.loads((tmp_path / "leak.json").read_text())
+    assert result["n"] == 300 and result["hit_rate"] < 0.2
+
+
+def test_eval_shards_combine_exactly():
+    """What the main process does with the per-process results of a multi-process `eval`."""
+    from trl_dynamicpo.cli.evaluate import _IndexedBuilder, combine
+    from trl_dynamicpo.recsys import PromptBuilder, load_sample
+
+    parts = [{"hr@1": 0.5, "mrr": 0.75, "n": 2}, {"hr@1": 0.0, "mrr": 0.25, "n": 1}, {"n": 0}]
+    assert combine(parts) == {"hr@1": pytest.approx(1 / 3), "mrr": pytest.approx(7 / 12), "n": 3}
+    examples = load_sample("val")[:5]
+    builder = PromptBuilder()
+    shard = _IndexedBuilder(builder, [1, 3])  # process 1 of 2 holds global rows 1 and 3
+    assert shard.build(examples[3], 1) == builder.build(examples[3], 3)
+    assert shard.completion("Muse") == builder.completion("Muse")
+
+
+def test_resolve_resume(tmp_path):
+    from types import SimpleNamespace
+
+    from trl_dynamicpo.cli.common import resolve_resume
+
+    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
+    assert resolve_resume(args) is None  # nothing to resume yet: start from scratch
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-10").mkdir()
+    assert resolve_resume(args) == str(tmp_path / "checkpoint-10")
+    args.resume_from_checkpoint = None
+    assert resolve_resume(args) is None
+    args.resume_from_checkpoint = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        resolve_resume(args)
+
+
+def test_compact_cpu_head_gives_the_same_logprobs_and_is_scoped():
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from trl_dynamicpo.cli.common import compact_lm_head_on_cpu
+    from trl_dynamicpo.scoring import score_completions
+    from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
+
+    prompts = [f"The user listened to {a} and {b}. Next:" for a, b in (("Muse", "Air"), ("Moby", "Pixies"))]
+    completions = [[" Placebo", " Shakira", " Slayer"], [" Madonna", " Nirvana"]]
+    tokenizer = build_tokenizer([p + c for p, cs in zip(prompts, completions) for c in cs] * 5, vocab_size=300)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1)
+    original = trl_utils._use_triton
+    full = score_completions(model, tokenizer, prompts, completions, show_progress=False)
+    with compact_lm_head_on_cpu():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        compact = score_completions(model, tokenizer, prompts, completions, show_progress=False)
+    assert trl_utils._use_triton is original
+    for a, b in zip(full, compact):
+        assert a == pytest.approx(b, abs=1e-5)

@@ -1,0 +1,34 @@
+"""`trl-dynamicpo quickstart --tiny`: the offline demo end to end, in its CI size."""
+
+import json
+
+import yaml
+
+
+def test_quickstart_tiny(tmp_path, capsys):
+    from trl_dynamicpo.cli.main import main
+
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--tiny", "--output_dir", str(out), "--show_progress", "false"]) == 0
+    printed = capsys.readouterr().out
+    assert "SFT (before)" in printed and "DynamicPO (after)" in printed and "HR@1" in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in ("before", "after"):
+        ranking = metrics[stage]["ranking"]
+        assert ranking["n"] == metrics["eval_prompts"] == 32
+        assert 0.0 <= ranking["hr@1"] <= ranking["hr@5"] <= 1.0 and 0.0 <= ranking["ndcg@5"] <= 1.0
+    assert metrics["train_prompts"] == 128 and metrics["candidates"] == "leak_free"
+    assert metrics["baselines"]["random"]["n"] == 32
+    assert set(metrics["timings_s"]) == {"build", "sft", "eval_before", "dynamicpo", "eval_after", "total"}
+    assert (out / "quickstart.png").stat().st_size > 10_000
+    for folder in ("base", "sft", "dynamicpo"):
+        assert (out / folder / "model.safetensors").exists()
+    history = json.loads((out / "dynamicpo" / "trainer_state.json").read_text())["log_history"]
+    assert any("dynamicpo/boundary_negatives" in row for row in history)
+
+    # The recipe it wrote is an ordinary CLI recipe for the three stages.
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["train"]["model_name_or_path"] == str(out / "sft")
+    assert recipe["eval"]["model_name_or_path"] == str(out / "dynamicpo")
+    assert "trl-dynamicpo" in (out / "recipe.yaml").read_text().splitlines()[1]

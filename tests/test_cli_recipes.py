@@ -1,0 +1,106 @@
+"""Every file under recipes/ parses (YAML; TrlParser for the training recipes; accelerate's loader for the
+accelerate configs), names the command that runs it, and is listed in recipes/README.md."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ACCELERATE = sorted((RECIPES / "accelerate").glob("*.yaml"))
+TRAINING = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name != "accelerate")
+PAPER = sorted(RECIPES.glob("*/*_qlora.yaml"))
+REQUIRED_ACCELERATE = {"single_gpu", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp2", "multi_node"}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(RECIPES.parent).as_posix()
+
+
+def _header(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines if line.startswith("#"))
+
+
+def test_recipe_set_is_complete():
+    assert {p.stem for p in ACCELERATE} == REQUIRED_ACCELERATE
+    combos = {(p.parent.name, p.stem) for p in PAPER}
+    for dataset in ("lastfm", "goodreads", "steam"):
+        for model in ("llama3_8b_qlora", "qwen2.5_7b_qlora"):
+            assert (dataset, model) in combos
+    assert (RECIPES / "quickstart_cpu.yaml").exists()
+    readme = (RECIPES / "README.md").read_text(encoding="utf-8")
+    for path in [*ACCELERATE, *TRAINING]:
+        assert path.relative_to(RECIPES).as_posix() in readme, f"{path} is missing from recipes/README.md"
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.stem)
+def test_accelerate_config(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1 and config.mixed_precision == "bf16"
+    header = _header(path)
+    assert f"accelerate launch --config_file {_rel(path)}" in header and "-m trl_dynamicpo" in header
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: _rel(p))
+def test_training_recipe_parses(path):
+    from trl_dynamicpo.cli import evaluate, quickstart, sft, train
+    from trl_dynamicpo.cli.arguments import QuickstartArguments
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    header = _header(path)
+    config = ["--config", _rel(path), "--bf16", "false"]  # the paper recipes use bf16, which a CPU rejects
+    if "quickstart" in recipe:
+        assert f"trl-dynamicpo quickstart --config {_rel(path)}" in header
+        (qargs,) = parse_command("quickstart", (QuickstartArguments,), ["--config", _rel(path)])
+        # The file spells out the quickstart's (full-size) defaults: keep them in sync.
+        defaults = QuickstartArguments()
+        for key, value in recipe["quickstart"].items():
+            default = quickstart._size(defaults, key) if key in quickstart.SIZES else getattr(defaults, key)
+            assert getattr(qargs, key) == value == default, key
+        return
+    for command in ("sft", "train", "eval"):
+        assert f"trl_dynamicpo {command} --config {_rel(path)}" in header or (
+            f"trl-dynamicpo {command} --config {_rel(path)}" in header
+        ), f"{path}: no `{command}` command in the header"
+    data, sft_args, model = parse_command("sft", sft.dataclass_types(), config)
+    assert sft_args.output_dir and model.model_name_or_path
+    data, train_args, model = parse_command("train", train.dataclass_types(), config)
+    assert model.model_name_or_path == recipe["train"]["model_name_or_path"] == sft_args.output_dir
+    assert train_args.boundary_selection and train_args.dynamic_beta
+    _, eval_args, eval_model = parse_command("eval", evaluate.dataclass_types(), ["--config", _rel(path)])
+    assert eval_model.model_name_or_path == train_args.output_dir
+    outputs = {train_args.output_dir}
+    for variant in recipe.get("variants", {}):
+        _, variant_args, _ = parse_command("train", train.dataclass_types(), [*config, "--variant", variant])
+        outputs.add(variant_args.output_dir)
+        _, _, variant_model = parse_command("eval", evaluate.dataclass_types(), ["--config", _rel(path), "--variant", variant])
+        assert variant_model.model_name_or_path == variant_args.output_dir
+    assert len(outputs) == 1 + len(recipe.get("variants", {})), "variants must not share an output folder"
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: _rel(p))
+def test_paper_recipe_matches_the_setup(path):
+    """SPEC "Paper setup": 4-bit NF4 + LoRA, bf16 compute, batch 4 x accumulation 8, lr 1e-5, cosine, 5% warmup,
+    3 epochs, beta 1, max grad norm 0.3, paged AdamW 32-bit, cutoff 512; the baselines and ablations as variants."""
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    expected = {
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "dtype": "bfloat16", "use_peft": True, "bf16": True,
+        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05, "num_train_epochs": 3, "max_grad_norm": 0.3, "optim": "paged_adamw_32bit",
+        "max_length": 512, "num_candidates": 20,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert recipe[key] == value, key
+    assert recipe["train"]["learning_rate"] == 1e-5 and recipe["train"]["beta"] == 1.0
+    variants = recipe["variants"]
+    both_off = {"boundary_selection": False, "dynamic_beta": False}
+    assert {k: variants["dmpo"][k] for k in both_off} == both_off
+    for name, loss in (("sdpo", "sdpo"), ("mppo", "mppo")):
+        assert variants[name]["multi_negative_loss"] == loss and all(variants[name][k] is False for k in both_off)
+    assert variants["no_selection"]["boundary_selection"] is False and "dynamic_beta" not in variants["no_selection"]
+    assert variants["no_dynamic_beta"]["dynamic_beta"] is False

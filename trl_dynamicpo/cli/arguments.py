@@ -1,0 +1,241 @@
+"""Argument dataclasses of the `trl-dynamicpo` commands (parsed with `trl.TrlParser`, YAML or flags).
+
+The training commands combine one of these with TRL's own dataclasses:
+
+- `sft`:   `RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`
+- `train`: `RecDataArguments`, `trl_dynamicpo.DynamicPOConfig`, `trl.ModelConfig`
+- `eval`:  `RecDataArguments`, `EvalArguments`, `trl.ModelConfig`
+- `quickstart`: `QuickstartArguments`
+
+Field names must not collide with those of the TRL dataclasses (for instance `seed` belongs to the trainer
+configs, hence `candidate_seed` here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+CANDIDATE_MODES = ("leak_free", "public")
+PROTOCOLS = ("ranking", "generation", "both")
+
+
+@dataclass
+class RecDataArguments:
+    """Recommendation data: S-DPO / LLaRA-format prompt files and how they become training rows.
+
+    Without `train_file` the LastFM sample bundled with the package is used (3,000 training and 300 validation
+    prompts), so every command runs offline out of the box.
+    """
+
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training prompts in S-DPO format (JSON list or JSON lines, optionally gzip). Default: the "
+            "bundled LastFM sample."
+        },
+    )
+    eval_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Validation prompts (used for the trainer's evaluation and, without `test_file`, by `eval`). "
+            "Default: the bundled LastFM sample's validation split when `train_file` is not set either."
+        },
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "Test prompts for the `eval` command (default: `eval_file`)."},
+    )
+    items_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Item catalogue (`items.txt`, `id::name` per line). Used to draw leak-free candidates and to "
+            "parse names that contain colons. Default: every item seen in the given files (the bundled sample "
+            "ships its catalogue)."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Dataset name written into the model card (default: 'lastfm-sample' for the sample)."},
+    )
+    domain: str = field(
+        default="music",
+        metadata={
+            "help": "Prompt template family.",
+            "choices": ["music", "books", "games", "movies", "generic"],
+        },
+    )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Your own prompt template with `{history}` and `{candidates}` (overrides `domain`)."},
+    )
+    separator: str = field(
+        default=", ",
+        metadata={"help": "How item names are joined in the prompt (history and candidates)."},
+    )
+    conversational: bool = field(
+        default=False,
+        metadata={"help": "Build chat messages (the tokenizer's chat template) instead of plain-text prompts."},
+    )
+    candidates: str = field(
+        default="leak_free",
+        metadata={
+            "help": "Candidate lists: 'leak_free' draws new ones per prompt from the catalogue (seeded by the row, "
+            "never by the target; use it for any number you report), 'public' keeps the lists in the files (the "
+            "public LastFM/Goodreads/Steam lists leak the target; also use 'public' for files you already made "
+            "leak-free with `trl-dynamicpo leak-free`).",
+            "choices": list(CANDIDATE_MODES),
+        },
+    )
+    num_candidates: int = field(
+        default=20,
+        metadata={"help": "Candidates per prompt (target included) for leak-free lists."},
+    )
+    num_negatives: int | None = field(
+        default=15,
+        metadata={
+            "help": "K, rejected completions per prompt for `train`, drawn from the non-target candidates with a "
+            "per-row seed (the paper's main experiments use 15; its public scripts 5). Use -1 for all of them."
+        },
+    )
+    candidate_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the leak-free candidate lists, the prompt paraphrases and the sampled negatives."},
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use a seeded random subset of this many training prompts (for quick runs)."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use the first this many validation / test prompts (for quick runs)."},
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed rows (counted in the log) instead of stopping with an error."},
+    )
+    rank_eval_samples: int = field(
+        default=0,
+        metadata={
+            "help": "During training, also rank the candidates of this many validation prompts at every evaluation "
+            "and log HR@k / NDCG@k as `eval_rank_*` (0: off)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.candidates not in CANDIDATE_MODES:
+            raise ValueError(f"candidates={self.candidates!r}; choose one of {CANDIDATE_MODES}.")
+        if self.num_negatives is not None and self.num_negatives == -1:
+            self.num_negatives = None
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be a positive K (or -1 for all candidates); got {self.num_negatives}.")
+        if self.num_candidates < 2:
+            raise ValueError(f"num_candidates must be at least 2; got {self.num_candidates}.")
+
+    @property
+    def uses_sample(self) -> bool:
+        """True when no file is given: the bundled LastFM sample is used."""
+        return self.train_file is None and self.eval_file is None and self.test_file is None
+
+
+@dataclass
+class EvalArguments:
+    """How `trl-dynamicpo eval` evaluates a model (the paper's generation protocol and/or candidate ranking)."""
+
+    protocol: str = field(
+        default="ranking",
+        metadata={
+            "help": "'ranking': rank the candidates by log pi(candidate | prompt) (HR@1/5, NDCG@1/5, MRR; no invalid "
+            "answers possible); 'generation': greedy answer, HitRatio@1 and ValidRatio as in the papers; 'both'.",
+            "choices": list(PROTOCOLS),
+        },
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where metrics.json (all protocols) and per-protocol predictions go. Default: `<model>/eval` for "
+            "a local model folder, else `./eval`."
+        },
+    )
+    split: str = field(
+        default="auto",
+        metadata={
+            "help": "Which file to evaluate: 'test' (test_file), 'eval' (eval_file) or 'auto' (test_file if set, "
+            "else eval_file).",
+            "choices": ["auto", "test", "eval"],
+        },
+    )
+    batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass / generate call, per process."})
+    max_new_tokens: int = field(default=20, metadata={"help": "Generation budget (20 in the papers)."})
+    baselines: bool = field(
+        default=True,
+        metadata={
+            "help": "Also report the non-LLM baselines (random, popularity, transitions) and the candidate-list leak "
+            "check, computed from the training prompts (needs `train_file` or the sample)."
+        },
+    )
+    show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    merge_adapter: bool = field(
+        default=True,
+        metadata={"help": "Merge a LoRA adapter into a non-quantized base model before evaluating (faster)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed (set before evaluating; greedy decoding is deterministic)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
+class QuickstartArguments:
+    """The offline demo: tiny tokenizer and model from the bundled LastFM sample, SFT, DynamicPO, evaluation."""
+
+    output_dir: str = field(
+        default="dynamicpo-quickstart",
+        metadata={"help": "Everything goes here: base model, SFT and DynamicPO outputs, metrics.json, the plot."},
+    )
+    tiny: bool = field(
+        default=False,
+        metadata={"help": "CI mode: a few hundred prompts, a smaller model and a handful of steps (well under a minute)."},
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "Cap the optimiser steps of each stage (SFT and DynamicPO)."},
+    )
+    train_samples: int | None = field(
+        default=None, metadata={"help": "Training prompts from the sample (default: all 3,000; 128 with --tiny)."}
+    )
+    eval_samples: int | None = field(
+        default=None, metadata={"help": "Validation prompts to evaluate (default: all 300; 32 with --tiny)."}
+    )
+    catalogue_size: int = field(
+        default=1000,
+        metadata={
+            "help": "Train on the sample's N most listened-to artists: the prompts whose target is one of them, with "
+            "leak-free candidates drawn from them (a smaller vocabulary, so a CPU can learn it in minutes). 0: all "
+            "4,606 artists and all prompts."
+        },
+    )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Prompt template with {history} and {candidates} (default: the 'music' paraphrases)."},
+    )
+    separator: str = field(default=", ", metadata={"help": "How item names are joined in the prompt."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Model width (default 128; 32 with --tiny)."})
+    num_layers: int | None = field(default=None, metadata={"help": "Transformer layers (default 2; 1 with --tiny)."})
+    sft_epochs: float = field(default=3.0, metadata={"help": "SFT epochs."})
+    sft_learning_rate: float = field(default=3e-3, metadata={"help": "SFT learning rate."})
+    dpo_epochs: float = field(default=1.0, metadata={"help": "DynamicPO epochs."})
+    dpo_learning_rate: float = field(default=3e-4, metadata={"help": "DynamicPO learning rate."})
+    beta: float = field(default=1.0, metadata={"help": "DynamicPO base beta."})
+    num_negatives: int = field(default=15, metadata={"help": "K negatives per prompt for DynamicPO."})
+    multi_negative_loss: str = field(
+        default="dmpo", metadata={"help": "Base objective.", "choices": ["dmpo", "sdpo", "mppo"]}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Per-device batch size of both stages (default 32; 16 with --tiny)."}
+    )
+    report_to: str = field(
+        default="auto",
+        metadata={"help": "'tensorboard', 'none' or 'auto' (TensorBoard when it is installed; always offline)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the model initialisation and training."})
+    plot: bool = field(default=True, metadata={"help": "Write quickstart.png (needs matplotlib)."})
+    show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})

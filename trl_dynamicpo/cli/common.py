@@ -1,0 +1,130 @@
+"""Pieces shared by the training commands: logging, resuming, saving and the run record."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+logger = logging.getLogger("trl_dynamicpo.cli")
+
+RUN_RECORD = "trl_dynamicpo_run.json"
+
+
+def setup_logging(training_args=None) -> None:
+    """Log to stderr at the trainer's process log level (warnings only on non-main processes)."""
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, level=logging.WARNING)
+    if training_args is None:
+        logging.getLogger("trl_dynamicpo").setLevel(logging.INFO)
+        return
+    level = training_args.get_process_log_level()
+    logging.getLogger("trl_dynamicpo").setLevel(logging.INFO if training_args.should_log else level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+COMPACT_HEAD_ENV = "TRL_DYNAMICPO_CPU_COMPACT_HEAD"
+
+
+@contextlib.contextmanager
+def compact_lm_head_on_cpu():
+    """On CPU, let TRL's fused LM head project only the labelled positions, as it already does on CUDA.
+
+    TRL 1.16 scores every position of a row on devices without Triton (to keep tile shapes fixed for graph
+    compilers); with completions of a few tokens after a prompt of a hundred or more, that full-vocabulary projection
+    of the prompt positions is most of the CPU time of SFT, DynamicPO and ranking. Projecting only the labelled
+    positions gives the same log-probabilities (TRL's own CUDA path). Active inside the `with` block only; other
+    devices are not affected; `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0` keeps TRL's behaviour.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover
+        trl_utils = None
+    original = getattr(trl_utils, "_use_triton", None)
+    disabled = os.environ.get(COMPACT_HEAD_ENV, "1").lower() in ("0", "false", "no")
+    if original is None or disabled or getattr(original, "_cpu_compact", False):
+        yield
+        return
+
+    def use_triton_or_cpu(device):
+        return True if getattr(device, "type", None) == "cpu" else original(device)
+
+    use_triton_or_cpu._cpu_compact = True
+    trl_utils._use_triton = use_triton_or_cpu
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def resolve_resume(training_args) -> str | bool | None:
+    """`resume_from_checkpoint`: a checkpoint path, or 'true' / 'last' for the newest checkpoint in output_dir.
+
+    'true' with no checkpoint yet starts from scratch (so the same command line restarts or resumes a job).
+    """
+    value = training_args.resume_from_checkpoint
+    if value is None or value in ("", "false", "False", "no"):
+        return None
+    if value in (True, "true", "True", "last", "latest"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            logger.warning("resume_from_checkpoint=%s but %s holds no checkpoint: starting from scratch.", value,
+                           training_args.output_dir)  # fmt: skip
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a checkpoint folder.")
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_run_record(output_dir: str, command: str, **sections: Any) -> Path:
+    """`trl_dynamicpo_run.json`: the command and the arguments that produced this folder."""
+    from trl_dynamicpo import __version__
+
+    path = Path(output_dir) / RUN_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": command, "trl_dynamicpo": __version__, **{k: _jsonable(v) for k, v in sections.items()}}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def finish_training(trainer, command: str, dataset_name: str, record: dict[str, Any], tags: list[str]) -> None:
+    """Save the model (adapter or full), the trainer state, the model card and the run record."""
+    args = trainer.args
+    trainer.save_model(args.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        trainer.create_model_card(model_name=Path(args.output_dir).name, dataset_name=dataset_name, tags=tags)
+        write_run_record(args.output_dir, command, **record)
+        logger.info("Saved the model, trainer_state.json, README.md (model card) and %s to %s", RUN_RECORD,
+                    args.output_dir)  # fmt: skip
+    trainer.accelerator.wait_for_everyone()
+
+
+def rank_eval_callback(data_args, eval_examples, builder, tokenizer, batch_size: int):
+    """`RecEvalCallback` on the first `rank_eval_samples` validation prompts, or None when off."""
+    if not data_args.rank_eval_samples or not eval_examples:
+        return None
+    from trl_dynamicpo.recsys import RecEvalCallback
+
+    return RecEvalCallback(eval_examples[: data_args.rank_eval_samples], builder, tokenizer, batch_size=batch_size)

@@ -1,0 +1,78 @@
+"""`trl-dynamicpo sft`: supervised fine-tuning on (prompt, target item), the first stage of the paper's recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .arguments import RecDataArguments
+from .common import (
+    compact_lm_head_on_cpu,
+    finish_training,
+    logger,
+    rank_eval_callback,
+    resolve_resume,
+    setup_logging,
+)
+
+
+def dataclass_types() -> tuple:
+    from trl import ModelConfig, SFTConfig
+
+    return (RecDataArguments, SFTConfig, ModelConfig)
+
+
+def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: Sequence | None = None):
+    """Fine-tune `model_args.model_name_or_path` to answer each prompt with its target; returns the trainer."""
+    from trl import SFTTrainer
+
+    from trl_dynamicpo.recsys import sft_dataset
+
+    from .data import load_rec_data, prompt_builder
+    from .modeling import load_tokenizer, sft_model_inputs
+
+    setup_logging(training_args)
+    path, peft_config, quantization_config = sft_model_inputs(model_args, training_args)
+    data = load_rec_data(data_args, need=("train", "eval"))
+    if not data.train:
+        raise ValueError("`sft` needs training prompts (train_file, or no file at all for the bundled sample).")
+    builder = prompt_builder(data_args)
+    train_dataset = sft_dataset(data.train, builder)
+    eval_dataset = sft_dataset(data.eval, builder) if data.eval and training_args.eval_strategy != "no" else None
+    tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
+    callbacks = list(callbacks or [])
+    rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
+    if rank_callback is not None:
+        callbacks.append(rank_callback)
+    logger.info("SFT on %d prompts (%s candidates), model %s", len(data.train), data_args.candidates, path)
+    trainer = SFTTrainer(
+        model=path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks or None,
+        peft_config=peft_config,
+        quantization_config=quantization_config,
+    )
+    if rank_callback is not None:
+        rank_callback.bind(trainer)
+    with compact_lm_head_on_cpu():
+        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    finish_training(
+        trainer,
+        "sft",
+        data.name,
+        {"data": data_args, "model": model_args, "training": training_args.to_dict()},
+        tags=["trl-dynamicpo", "recommendation", "sft"],
+    )
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .parsing import parse_command
+
+    data_args, training_args, model_args = parse_command("sft", dataclass_types(), argv)
+    trainer = run_sft(data_args, training_args, model_args)
+    trainer.accelerator.print(f"SFT model saved to {training_args.output_dir}")
+    trainer.accelerator.end_training()
+    return 0

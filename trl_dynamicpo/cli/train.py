@@ -1,0 +1,99 @@
+"""`trl-dynamicpo train`: DynamicPO (or its baselines DMPO / S-DPO / MPPO and ablations) from an SFT model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .arguments import RecDataArguments
+from .common import (
+    compact_lm_head_on_cpu,
+    finish_training,
+    logger,
+    rank_eval_callback,
+    resolve_resume,
+    setup_logging,
+)
+
+
+def dataclass_types() -> tuple:
+    from trl import ModelConfig
+
+    from trl_dynamicpo.config import DynamicPOConfig
+
+    return (RecDataArguments, DynamicPOConfig, ModelConfig)
+
+
+def method_name(args) -> str:
+    """'DynamicPO (DMPO)', 'DMPO', 'DynamicPO w/o selection (S-DPO)', ... for logs and the model card."""
+    base = {"dmpo": "DMPO", "sdpo": "S-DPO", "mppo": "MPPO"}[args.multi_negative_loss]
+    if args.boundary_selection and args.dynamic_beta:
+        return f"DynamicPO ({base})"
+    if not args.boundary_selection and not args.dynamic_beta:
+        return base
+    missing = "selection" if not args.boundary_selection else "dynamic beta"
+    return f"DynamicPO w/o {missing} ({base})"
+
+
+def run_train(data_args: RecDataArguments, training_args, model_args, callbacks: Sequence | None = None):
+    """Preference-train `model_args.model_name_or_path` (normally an SFT output); returns the trainer."""
+    from trl_dynamicpo.recsys import preference_dataset
+    from trl_dynamicpo.trainer import DynamicPOTrainer
+
+    from .data import check_negatives, load_rec_data, prompt_builder
+    from .modeling import load_tokenizer, policy_inputs, require_model_path
+
+    setup_logging(training_args)
+    path = require_model_path(model_args, "train")
+    data = load_rec_data(data_args, need=("train", "eval"))
+    if not data.train:
+        raise ValueError("`train` needs training prompts (train_file, or no file at all for the bundled sample).")
+    check_negatives(data.train, data_args.num_negatives, "training")
+    builder = prompt_builder(data_args)
+    k, seed = data_args.num_negatives, data_args.candidate_seed
+    train_dataset = preference_dataset(data.train, builder, num_negatives=k, seed=seed)
+    eval_dataset = None
+    if data.eval and training_args.eval_strategy != "no":
+        check_negatives(data.eval, k, "validation")
+        eval_dataset = preference_dataset(data.eval, builder, num_negatives=k, seed=seed)
+    tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
+    model, ref_model, peft_config, quantization_config, how = policy_inputs(model_args, training_args)
+    method = method_name(training_args)
+    logger.info("%s on %d prompts, K=%s negatives; %s", method, len(data.train), k or "all", how)
+    callbacks = list(callbacks or [])
+    rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
+    if rank_callback is not None:
+        callbacks.append(rank_callback)
+    trainer = DynamicPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks or None,
+        peft_config=peft_config,
+        quantization_config=quantization_config,
+    )
+    if rank_callback is not None:
+        rank_callback.bind(trainer)
+    with compact_lm_head_on_cpu():
+        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    finish_training(
+        trainer,
+        "train",
+        data.name,
+        {"method": method, "handoff": how, "data": data_args, "model": model_args, "training": training_args.to_dict()},
+        tags=["trl-dynamicpo", "recommendation", method.split(" ")[0].lower(), training_args.multi_negative_loss],
+    )
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .parsing import parse_command
+
+    argv = list(argv) if argv is not None else None
+    data_args, training_args, model_args = parse_command("train", dataclass_types(), argv)
+    trainer = run_train(data_args, training_args, model_args)
+    trainer.accelerator.print(f"{method_name(training_args)} model saved to {training_args.output_dir}")
+    trainer.accelerator.end_training()
+    return 0
