@@ -8,10 +8,24 @@ Heavy modules are imported lazily so that `trl-dynamicpo --help` and the data to
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 
 __version__ = "0.1.0"
+
+# The trainer subclasses DPOTrainer and uses TRL helpers that move between releases (data utils, the fused LM head),
+# so the supported TRL release is checked up front rather than failing obscurely mid-training.
+_TRL_SUPPORTED = ("1.16",)
+try:
+    _trl_version = version("trl")
+except PackageNotFoundError as error:  # pragma: no cover
+    raise ImportError("trl-dynamicpo needs trl (pip install 'trl>=1.16,<1.17').") from error
+if ".".join(_trl_version.split(".")[:2]) not in _TRL_SUPPORTED:
+    raise ImportError(
+        f"trl-dynamicpo {__version__} supports trl {' / '.join(_TRL_SUPPORTED)}.x, found trl {_trl_version}. "
+        "Install a supported release: pip install 'trl>=1.16,<1.17'."
+    )
 
 _LAZY = {
     "DynamicPOConfig": "trl_dynamicpo.config",
