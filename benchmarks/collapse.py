@@ -36,6 +36,7 @@ positions (the log-probs are identical; `--no-compact-head` keeps TRL's behaviou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -95,7 +96,7 @@ class Preset:
     # data
     history_len: int = 10
     n_sft: int = 20000
-    n_po: int = 2048
+    n_po: int = 1024
     n_eval_subset: int = 200  # mid-training evaluations (a subset of the final evaluation prompts)
     n_eval_final: int | None = 1000  # None: the whole evaluation file
     n_gen_final: int | None = 1000
@@ -112,7 +113,7 @@ class Preset:
     sft_batch: int = 32
     sft_lr: float = 3e-3
     # preference optimisation
-    po_steps: int = 100
+    po_steps: int = 150
     po_batch: int = 16
     po_lr: float = 1e-3
     po_scheduler: str = "constant_with_warmup"
@@ -120,14 +121,15 @@ class Preset:
     beta: float = 1.0
     max_grad_norm: float = 1.0
     log_every: int = 5
-    eval_every: int = 25
+    eval_every: int = 50
     # grid
     ks: tuple[int, ...] = (1, 3, 5, 10, 15, 19)
     objectives: tuple[str, ...] = OBJECTIVES
     variants: tuple[str, ...] = ("plain", "dynamicpo")
     ablation_ks: tuple[int, ...] = (5, 15, 19)  # DMPO selection_only / beta_only
     seeds: tuple[int, ...] = (0,)
-    extra_seeds: tuple[int, ...] = ()  # more seeds for DMPO plain and DynamicPO only
+    extra_seeds: tuple[int, ...] = ()  # more seeds for DMPO plain and DynamicPO at `extra_seed_ks` only
+    extra_seed_ks: tuple[int, ...] = (1, 5, 19)
     sample_data: bool = False  # use the bundled sample even when the shared data exists
 
 
@@ -158,23 +160,14 @@ def stable_hash(obj: Any) -> str:
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+    """Name, size and content hash: cache keys survive copies and re-downloads of the same file."""
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    return {"name": path.name, "size": path.stat().st_size, "sha1": digest, "path": str(path.resolve())}
 
 
-def use_compact_fused_head() -> None:
-    """Make TRL's fused LM head project only the labelled positions on CPU too (same log-probs, far less work)."""
-    import trl.trainer.utils as trl_utils
-
-    original = trl_utils._use_triton
-    if getattr(original, "_collapse_benchmark", False):
-        return
-
-    def compact(device):
-        return True if device.type == "cpu" else original(device)
-
-    compact._collapse_benchmark = True
-    trl_utils._use_triton = compact
+def content_key(identity: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A file identity without its location, for cache keys."""
+    return None if identity is None else {k: v for k, v in identity.items() if k != "path"}
 
 
 def progress_callback(label: str, every: int):
@@ -338,8 +331,8 @@ def sft_settings(data: Data, preset: Preset, args) -> dict[str, Any]:
     return {
         "version": 1,
         "protocol": data.protocol,
-        "train": data.files["train"],
-        "items": data.files["items"],
+        "train": content_key(data.files["train"]),
+        "items": content_key(data.files["items"]),
         "data_seed": args.data_seed,
         "template": TEMPLATE,
         "separator": SEPARATOR,
@@ -469,7 +462,7 @@ def build_grid(preset: Preset) -> list[GridPoint]:
         if seed in preset.seeds:
             continue
         for variant in ("plain", "dynamicpo"):
-            points += [GridPoint("dmpo", variant, k, seed) for k in preset.ks]
+            points += [GridPoint("dmpo", variant, k, seed) for k in preset.extra_seed_ks if k in preset.ks]
     return list(dict.fromkeys(points))
 
 
@@ -707,6 +700,11 @@ def text_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+REFERENCE_STYLE = {
+    "sft": ("k", ":", "SFT (start of PO)"),
+    "baseline:popularity": ("0.55", "-.", "popularity"),
+    "baseline:transition": ("0.35", "--", "transition"),
+}
 VARIANT_STYLE = {
     "plain": {"color": "tab:red", "linestyle": "-", "marker": "o", "label": "plain"},
     "dynamicpo": {"color": "tab:blue", "linestyle": "-", "marker": "s", "label": "DynamicPO"},
@@ -742,11 +740,12 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
                 if any(len(v) > 1 for v in values):
                     ax.fill_between(ks, [min(v) for v in values], [max(v) for v in values], color=style["color"],
                                     alpha=0.15)  # fmt: skip
-            for name, style in (("sft", ("k", "SFT")), ("baseline:popularity", ("0.5", "popularity")),
-                                ("baseline:transition", ("0.3", "transition"))):  # fmt: skip
+            for name, (color, linestyle, label) in REFERENCE_STYLE.items():
                 ref = refs.get(name)
                 if ref is not None and ref.get(ref_metric) not in (None, ""):
-                    ax.axhline(ref[ref_metric], color=style[0], linestyle=":", linewidth=1.2, label=style[1])
+                    ax.axhline(ref[ref_metric], color=color, linestyle=linestyle, linewidth=1.2, label=label)
+            if groups:
+                ax.set_xticks(sorted({k for (_, _, k) in groups}))
             ax.set_title(f"{objective.upper()}: {title}", fontsize=9)
             ax.set_xlabel("K (negatives per prompt)")
             ax.grid(alpha=0.3)
@@ -785,8 +784,7 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
             axes[row_i][1].axhline(refs["sft"]["final_hr1_subset"], color="k", linestyle=":", linewidth=1)
         axes[row_i][0].set_ylabel(objective.upper())
         axes[row_i][0].set_title("training loss (solid plain, dashed DynamicPO)", fontsize=9)
-        axes[row_i][1].set_title(f"ranking HR@1 on the {len(chosen and chosen[0]['subset_history']) and ''}"
-                                 "evaluation subset (dotted: SFT)", fontsize=9)  # fmt: skip
+        axes[row_i][1].set_title("ranking HR@1, mid-training subset (dotted: SFT)", fontsize=9)
         axes[row_i][2].set_title("reward accuracy (chosen above every negative)", fontsize=9)
         for ax in axes[row_i]:
             ax.grid(alpha=0.3)
@@ -840,6 +838,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="SFT models, reference scores and finished runs (default: outputs/collapse_cache)")  # fmt: skip
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the candidate lists and data subsets")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    parser.add_argument("--extra-seeds", type=int, nargs="+",
+                        help="more seeds for DMPO plain and DynamicPO at K in extra_seed_ks (1, 5, 19)")  # fmt: skip
     parser.add_argument("--ks", type=int, nargs="+", help="override the preset's K values")
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="override the preset's objectives")
     parser.add_argument("--po-steps", type=int)
@@ -881,13 +881,24 @@ def resolve_preset(args) -> Preset:
         overrides["n_gen_final"] = args.n_gen_final or None
     if args.ks:
         overrides["ablation_ks"] = tuple(k for k in preset.ablation_ks if k in args.ks)
-    if args.seeds:
+    if args.extra_seeds:
+        overrides["extra_seeds"] = tuple(args.extra_seeds)
+    elif args.seeds:
         overrides["extra_seeds"] = ()
     return dataclasses.replace(preset, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from trl_dynamicpo import compact_lm_head_on_cpu
+
+    with contextlib.ExitStack() as stack:
+        if not args.no_compact_head:
+            stack.enter_context(compact_lm_head_on_cpu())
+        return run_benchmark(args, argv)
+
+
+def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
@@ -895,8 +906,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     hf_logging.set_verbosity_error()
-    if not args.no_compact_head:
-        use_compact_fused_head()
     from trl_dynamicpo.recsys import baseline_metrics, leak_check
 
     t0 = time.time()
@@ -932,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
 
     po_key = stable_hash({"sft": sft_dir.name, "n_po": len(data.po), "data_seed": args.data_seed})
     ref_scores = reference_scores(model, tokenizer, data.po, builder, sft_dir / f"ref-{po_key}.json")
-    eval_key = stable_hash([data.files["eval"], len(data.eval_all), len(data.eval_subset), gen_n])
+    eval_key = stable_hash([content_key(data.files["eval"]), len(data.eval_all), len(data.eval_subset), gen_n])
     ctx = {
         "preset": preset, "data": data, "builder": builder, "tokenizer": tokenizer, "sft_dir": sft_dir,
         "ref_scores": ref_scores, "sft_subset": sft_subset, "cache": cache,

@@ -96,7 +96,7 @@ def main():
             "model_name_or_path": str(out / "sft"),
             "output_dir": str(out / "dynamicpo"),
             "num_train_epochs": 1,
-            "learning_rate": 3e-4,
+            "learning_rate": 1e-4,
             "beta": 1.0,
         },
         "eval": {"model_name_or_path": str(out / "dynamicpo"), "protocol": "both", "batch_size": 32},

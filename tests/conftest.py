@@ -76,3 +76,19 @@ def preference_rows(n=12, k_max=3, conversational=False):
         else:
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": negatives})
     return rows
+
+
+@pytest.fixture(scope="session")
+def slice_data(tmp_path_factory):
+    """The bundled sample cut to its 200 most frequent artists (a small vocabulary: fast on CPU) and a tiny model +
+    tokenizer for it saved so that the CLI can load it by path; built once per session (CLI, distributed, resume
+    and QLoRA tests)."""
+    from trl_dynamicpo.cli.quickstart import build_base_model, write_artist_slice
+    from trl_dynamicpo.recsys import read_catalogue, read_examples
+
+    root = tmp_path_factory.getbasetemp() / "cli-slice-200"
+    files = write_artist_slice(root / "data", 200)
+    examples = read_examples(files["train_file"])[:64]
+    build_base_model(root / "base", examples, catalogue=read_catalogue(files["items_file"]), vocab_size=300,
+                     hidden_size=32, num_layers=1)  # fmt: skip
+    return {"model_name_or_path": str(root / "base"), **files}

@@ -210,7 +210,7 @@ def test_compact_cpu_head_gives_the_same_logprobs_and_is_scoped():
     import torch
     import trl.trainer.utils as trl_utils
 
-    from trl_dynamicpo.cli.common import compact_lm_head_on_cpu
+    from trl_dynamicpo import compact_lm_head_on_cpu
     from trl_dynamicpo.scoring import score_completions
     from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
 

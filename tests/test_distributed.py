@@ -19,24 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def slice_data(tmp_path_factory):
-    """The bundled sample cut to its 200 most frequent artists (a small vocabulary: fast on CPU), shared by the
-    test modules of the session, and a tiny model + tokenizer for it saved so that the CLI can load it by path."""
-    from trl_dynamicpo.cli.quickstart import build_base_model, write_artist_slice
-    from trl_dynamicpo.recsys import read_catalogue, read_examples
-
-    root = tmp_path_factory.getbasetemp() / "cli-slice-200"
-    files = {k: str(root / "data" / f) for k, f in (("train_file", "train.jsonl"), ("eval_file", "val.jsonl"),
-                                                     ("items_file", "items.txt"))}  # fmt: skip
-    if not (root / "base" / "config.json").exists():
-        files = write_artist_slice(root / "data", 200)
-        examples = read_examples(files["train_file"])[:64]
-        build_base_model(root / "base", examples, catalogue=read_catalogue(files["items_file"]), vocab_size=300,
-                         hidden_size=32, num_layers=1)  # fmt: skip
-    return {"model_name_or_path": str(root / "base"), **files}
-
-
 def recipe(data, output_dir) -> dict:
     return {
         **data,

@@ -32,6 +32,7 @@ _LAZY = {
     "DynamicPOTrainer": "trl_dynamicpo.trainer",
     "DataCollatorForMultiNegative": "trl_dynamicpo.packing",
     "score_completions": "trl_dynamicpo.scoring",
+    "compact_lm_head_on_cpu": "trl_dynamicpo.packing",
     "multi_negative_loss": "trl_dynamicpo.losses",
 }
 
@@ -40,6 +41,7 @@ __all__ = [
     "DynamicPOConfig",
     "DynamicPOTrainer",
     "__version__",
+    "compact_lm_head_on_cpu",
     "multi_negative_loss",
     "score_completions",
 ]
@@ -47,7 +49,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import DynamicPOConfig
     from .losses import multi_negative_loss
-    from .packing import DataCollatorForMultiNegative
+    from .packing import DataCollatorForMultiNegative, compact_lm_head_on_cpu
     from .scoring import score_completions
     from .trainer import DynamicPOTrainer
 

@@ -18,6 +18,8 @@ example's completions the label belongs to, as `example * (K_max + 1) + c`, c = 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +143,38 @@ def ensure_fused_lm_head(model) -> None:
     forward = getattr(target.forward, "__func__", None)
     if forward is None or forward.__code__.co_name != "_fused_forward":  # the name of TRL 1.16's patched forward
         add_fused_lm_head(target, outputs=("log_probs",))
+
+
+COMPACT_HEAD_ENV = "TRL_DYNAMICPO_CPU_COMPACT_HEAD"
+
+
+@contextlib.contextmanager
+def compact_lm_head_on_cpu():
+    """On CPU, let TRL's fused LM head project only the labelled positions, as it already does on CUDA.
+
+    TRL 1.16 scores every position of a row on devices without Triton (to keep tile shapes fixed for graph
+    compilers); with completions of a few tokens after a prompt of a hundred or more, that full-vocabulary projection
+    of the prompt positions is most of the CPU time of SFT, DynamicPO and ranking. Projecting only the labelled
+    positions gives the same log-probabilities (TRL's own CUDA path). Active inside the `with` block only; other
+    devices are not affected; `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0` keeps TRL's behaviour.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    disabled = os.environ.get(COMPACT_HEAD_ENV, "1").lower() in ("0", "false", "no")
+    if original is None or disabled or getattr(original, "_cpu_compact", False):
+        yield
+        return
+
+    def use_triton_or_cpu(device):
+        return True if getattr(device, "type", None) == "cpu" else original(device)
+
+    use_triton_or_cpu._cpu_compact = True
+    trl_utils._use_triton = use_triton_or_cpu
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -223,7 +223,7 @@ class QuickstartArguments:
     sft_epochs: float = field(default=3.0, metadata={"help": "SFT epochs."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "SFT learning rate."})
     dpo_epochs: float = field(default=1.0, metadata={"help": "DynamicPO epochs."})
-    dpo_learning_rate: float = field(default=3e-4, metadata={"help": "DynamicPO learning rate."})
+    dpo_learning_rate: float = field(default=1e-4, metadata={"help": "DynamicPO learning rate."})
     beta: float = field(default=1.0, metadata={"help": "DynamicPO base beta."})
     num_negatives: int = field(default=15, metadata={"help": "K negatives per prompt for DynamicPO."})
     multi_negative_loss: str = field(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,40 +27,6 @@ def setup_logging(training_args=None) -> None:
     level = training_args.get_process_log_level()
     logging.getLogger("trl_dynamicpo").setLevel(logging.INFO if training_args.should_log else level)
     transformers.utils.logging.set_verbosity(level)
-
-
-COMPACT_HEAD_ENV = "TRL_DYNAMICPO_CPU_COMPACT_HEAD"
-
-
-@contextlib.contextmanager
-def compact_lm_head_on_cpu():
-    """On CPU, let TRL's fused LM head project only the labelled positions, as it already does on CUDA.
-
-    TRL 1.16 scores every position of a row on devices without Triton (to keep tile shapes fixed for graph
-    compilers); with completions of a few tokens after a prompt of a hundred or more, that full-vocabulary projection
-    of the prompt positions is most of the CPU time of SFT, DynamicPO and ranking. Projecting only the labelled
-    positions gives the same log-probabilities (TRL's own CUDA path). Active inside the `with` block only; other
-    devices are not affected; `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0` keeps TRL's behaviour.
-    """
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:  # pragma: no cover
-        trl_utils = None
-    original = getattr(trl_utils, "_use_triton", None)
-    disabled = os.environ.get(COMPACT_HEAD_ENV, "1").lower() in ("0", "false", "no")
-    if original is None or disabled or getattr(original, "_cpu_compact", False):
-        yield
-        return
-
-    def use_triton_or_cpu(device):
-        return True if getattr(device, "type", None) == "cpu" else original(device)
-
-    use_triton_or_cpu._cpu_compact = True
-    trl_utils._use_triton = use_triton_or_cpu
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 def resolve_resume(training_args) -> str | bool | None:

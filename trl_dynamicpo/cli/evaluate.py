@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import EvalArguments, RecDataArguments
-from .common import compact_lm_head_on_cpu, logger, setup_logging, write_run_record
+from .common import logger, setup_logging, write_run_record
 
 
 MEAN_KEYS_SKIP = ("n",)
@@ -173,6 +173,8 @@ def run_eval(data_args: RecDataArguments, eval_args: EvalArguments, model_args) 
         raise ValueError(f"No {split} prompts to evaluate: set {'test_file' if split == 'test' else 'eval_file'}.")
     output_dir = eval_args.output_dir or (os.path.join(path, "eval") if os.path.isdir(path) else "eval")
     model, tokenizer = load_for_eval(model_args, eval_args.merge_adapter, eval_args.trust_remote_code)
+    from ..packing import compact_lm_head_on_cpu
+
     with compact_lm_head_on_cpu():
         results = evaluate_examples(
             model,

@@ -10,6 +10,7 @@ SFT -> `train` handoff (what `model_name_or_path` of `train` may point to):
   trainer adds a frozen copy of it as TRL's "ref" adapter. So the policy starts from the SFT model and the
   reference *is* the SFT model, with one base model in memory; this is what the paper's scripts do (continue the
   SFT adapter, SFT model as reference). The `lora_*` options are then ignored (the adapter exists already).
+  The output folder holds the trained adapter and, under `ref/`, the frozen copy (TRL saves every adapter).
   With `use_peft: false` on a non-quantized base the adapter is merged instead and every weight is trained
   against a frozen merged copy; a 4-bit base always keeps the adapter (4-bit weights cannot be trained).
 """

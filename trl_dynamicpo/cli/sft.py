@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from .arguments import RecDataArguments
 from .common import (
-    compact_lm_head_on_cpu,
     finish_training,
     logger,
     rank_eval_callback,
@@ -56,6 +55,8 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
     )
     if rank_callback is not None:
         rank_callback.bind(trainer)
+    from ..packing import compact_lm_head_on_cpu
+
     with compact_lm_head_on_cpu():
         trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     finish_training(

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from .arguments import RecDataArguments
 from .common import (
-    compact_lm_head_on_cpu,
     finish_training,
     logger,
     rank_eval_callback,
@@ -76,6 +75,8 @@ def run_train(data_args: RecDataArguments, training_args, model_args, callbacks:
     )
     if rank_callback is not None:
         rank_callback.bind(trainer)
+    from ..packing import compact_lm_head_on_cpu
+
     with compact_lm_head_on_cpu():
         trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     finish_training(
