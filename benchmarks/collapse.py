@@ -140,13 +140,15 @@ PRESETS: dict[str, Preset] = {
         hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, sft_steps=8, sft_batch=16, po_steps=4,
         po_batch=8, log_every=1, eval_every=2, ks=(3,), objectives=("dmpo",), ablation_ks=(), sample_data=True,
     ),
-    # About 10 minutes on 2 busy cores once the SFT model is cached (it is shared with "full"): DMPO at K = 1 and
+    # About 10 minutes from scratch on a 2-core machine: a shorter SFT (its own cache entry), then DMPO at K = 1 and
     # 19, plain vs DynamicPO, on 500 evaluation prompts.
     "quick": Preset(
-        n_eval_subset=200, n_eval_final=500, n_gen_final=500, ks=(1, 19), objectives=("dmpo",), ablation_ks=(),
+        sft_steps=500, n_eval_subset=200, n_eval_final=500, n_gen_final=200, ks=(1, 19), objectives=("dmpo",),
+        ablation_ks=(),
     ),
-    # The whole grid for one protocol: 36 main runs + 6 DMPO ablations.
-    "full": Preset(),
+    # The whole grid for one protocol: 36 main runs + 6 DMPO ablations + DMPO plain / DynamicPO at K = 1, 5, 19 with
+    # two more seeds (12 runs); about 60 minutes per protocol on one core of an idle 2-core machine.
+    "full": Preset(extra_seeds=(1, 2)),
 }  # fmt: skip
 
 
@@ -856,6 +858,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="rerun grid points even when cached")
     parser.add_argument("--fresh-sft", action="store_true", help="retrain the SFT model even when cached")
     parser.add_argument("--no-compact-head", action="store_true", help="keep TRL's all-position fused head on CPU")
+    parser.add_argument("--compare", nargs="+", metavar="DIR",
+                        help="train nothing: put finished result folders side by side (protocols.md, protocols.png "
+                             "in --output-dir, default benchmarks/results/)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -888,8 +893,68 @@ def resolve_preset(args) -> Preset:
     return dataclasses.replace(preset, **overrides)
 
 
+def read_runs(folder: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The protocol and rows of a finished result folder's runs.csv, numbers parsed."""
+    protocol = json.loads((folder / "meta.json").read_text())["protocol"]
+    rows = []
+    with open(folder / "runs.csv", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key in ("k", "seed", "steps") and value != "":
+                    row[key] = int(value)
+                elif key not in ("kind", "protocol", "objective", "variant") and value not in ("", "True", "False"):
+                    row[key] = float(value)
+            rows.append(row)
+    return protocol, rows
+
+
+def compare_protocols(folders: list[Path], out: Path) -> int:
+    """Side-by-side table (protocols.md) and plot (protocols.png) of ranking HR@1 vs K for several result folders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [read_runs(folder) for folder in folders]
+    objectives = [o for o in OBJECTIVES if any(r["objective"] == o for _, rows in runs for r in rows)]
+    fig, axes = plt.subplots(1, len(objectives), figsize=(4.4 * len(objectives), 3.6), squeeze=False, sharey=True)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    lines = []
+    for i, (protocol, rows) in enumerate(runs):
+        groups = aggregate(rows, "hr1")
+        sft = next((r["hr1"] for r in rows if r["objective"] == "sft"), None)
+        header, body = summary_table(rows, "hr1")
+        lines += [f"### {protocol} candidates (ranking HR@1; SFT {sft:.3f})", "", markdown_table(header, body), ""]
+        for col, objective in enumerate(objectives):
+            ax = axes[0][col]
+            for variant, linestyle in (("plain", "-"), ("dynamicpo", "--")):
+                ks = sorted(k for (o, v, k) in groups if o == objective and v == variant)
+                if ks:
+                    means = [statistics.fmean(groups[(objective, variant, k)]) for k in ks]
+                    ax.plot(ks, means, linestyle, marker="o" if variant == "plain" else "s", markersize=3,
+                            color=colours[i % len(colours)], label=f"{protocol} {VARIANT_STYLE[variant]['label']}")  # fmt: skip
+            if sft is not None:
+                ax.axhline(sft, color=colours[i % len(colours)], linestyle=":", linewidth=1)
+            ax.set_title(f"{objective.upper()}: ranking HR@1 vs K (dotted: SFT)", fontsize=9)
+            ax.set_xlabel("K (negatives per prompt)")
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("HR@1")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "protocols.png", dpi=80)
+    plt.close(fig)
+    (out / "protocols.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    log(f"wrote {out / 'protocols.md'} and {out / 'protocols.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare:
+        out = Path(args.output_dir) if args.output_dir else REPO / "benchmarks" / "results"
+        return compare_protocols([Path(folder) for folder in args.compare], out)
     from trl_dynamicpo import compact_lm_head_on_cpu
 
     with contextlib.ExitStack() as stack:

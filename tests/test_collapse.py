@@ -85,3 +85,31 @@ def test_smoke_preset_end_to_end(tmp_path):
     (sft_dir,) = cache.glob("sft-leak_free-*")
     assert (sft_dir / "sft_info.json").exists() and (sft_dir / "config.json").exists()
     assert len(list(cache.glob(f"runs-{sft_dir.name}/*.json"))) == 2
+
+    # The papers' protocol on the same data, then both folders side by side (no training in the compare step).
+    public = tmp_path / "public"
+    cmd = [sys.executable, str(SCRIPT), "--preset", "smoke", "--protocol", "public", "--output-dir", str(public),
+           "--cache-dir", str(cache)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    side = tmp_path / "side"
+    cmd = [sys.executable, str(SCRIPT), "--compare", str(out), str(public), "--output-dir", str(side)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (side / "protocols.md").read_text()
+    assert "### leak_free candidates" in table and "### public candidates" in table
+    assert table.count("| dmpo | dynamicpo |") == 2
+    assert (side / "protocols.png").stat().st_size > 1000
+
+
+def test_cache_keys_follow_file_content_not_location(collapse, tmp_path):
+    first, second = tmp_path / "a" / "train.jsonl", tmp_path / "b" / "train.jsonl"
+    for path, text in ((first, '{"x": 1}\n'), (second, '{"x": 1}\n')):
+        path.parent.mkdir()
+        path.write_text(text)
+    os.utime(second, (1, 1))
+    key = collapse.content_key
+    assert key(collapse.file_identity(first)) == key(collapse.file_identity(second))
+    second.write_text('{"x": 2}\n')
+    assert key(collapse.file_identity(first)) != key(collapse.file_identity(second))
+    assert key(None) is None
