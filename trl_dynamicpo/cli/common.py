@@ -86,6 +86,22 @@ def finish_training(trainer, command: str, dataset_name: str, record: dict[str, 
     trainer.accelerator.wait_for_everyone()
 
 
+def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, **trainer_kwargs):
+    """Build `trainer_cls` with the user's callbacks plus the ranking callback, and train it (resuming if asked).
+
+    On CPU, training runs inside `compact_lm_head_on_cpu` (TRL's fused head projects only the labelled positions).
+    """
+    from ..packing import compact_lm_head_on_cpu
+
+    callbacks = [*(callbacks or []), *([rank_callback] if rank_callback is not None else [])]
+    trainer = trainer_cls(args=training_args, callbacks=callbacks or None, **trainer_kwargs)
+    if rank_callback is not None:
+        rank_callback.bind(trainer)
+    with compact_lm_head_on_cpu():
+        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    return trainer
+
+
 def rank_eval_callback(data_args, eval_examples, builder, tokenizer, batch_size: int):
     """`RecEvalCallback` on the first `rank_eval_samples` validation prompts, or None when off."""
     if not data_args.rank_eval_samples or not eval_examples:

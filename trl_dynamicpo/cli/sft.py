@@ -9,8 +9,8 @@ from .common import (
     finish_training,
     logger,
     rank_eval_callback,
-    resolve_resume,
     setup_logging,
+    train_with_callbacks,
 )
 
 
@@ -38,27 +38,20 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
     train_dataset = sft_dataset(data.train, builder)
     eval_dataset = sft_dataset(data.eval, builder) if data.eval and training_args.eval_strategy != "no" else None
     tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
-    callbacks = list(callbacks or [])
     rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
-    if rank_callback is not None:
-        callbacks.append(rank_callback)
     logger.info("SFT on %d prompts (%s candidates), model %s", len(data.train), data_args.candidates, path)
-    trainer = SFTTrainer(
+    trainer = train_with_callbacks(
+        SFTTrainer,
+        training_args,
+        callbacks,
+        rank_callback,
         model=path,
-        args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=callbacks or None,
         peft_config=peft_config,
         quantization_config=quantization_config,
     )
-    if rank_callback is not None:
-        rank_callback.bind(trainer)
-    from ..packing import compact_lm_head_on_cpu
-
-    with compact_lm_head_on_cpu():
-        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     finish_training(
         trainer,
         "sft",

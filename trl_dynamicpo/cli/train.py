@@ -9,8 +9,8 @@ from .common import (
     finish_training,
     logger,
     rank_eval_callback,
-    resolve_resume,
     setup_logging,
+    train_with_callbacks,
 )
 
 
@@ -58,27 +58,20 @@ def run_train(data_args: RecDataArguments, training_args, model_args, callbacks:
     model, ref_model, peft_config, quantization_config, how = policy_inputs(model_args, training_args)
     method = method_name(training_args)
     logger.info("%s on %d prompts, K=%s negatives; %s", method, len(data.train), k or "all", how)
-    callbacks = list(callbacks or [])
     rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
-    if rank_callback is not None:
-        callbacks.append(rank_callback)
-    trainer = DynamicPOTrainer(
+    trainer = train_with_callbacks(
+        DynamicPOTrainer,
+        training_args,
+        callbacks,
+        rank_callback,
         model=model,
         ref_model=ref_model,
-        args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=callbacks or None,
         peft_config=peft_config,
         quantization_config=quantization_config,
     )
-    if rank_callback is not None:
-        rank_callback.bind(trainer)
-    from ..packing import compact_lm_head_on_cpu
-
-    with compact_lm_head_on_cpu():
-        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     finish_training(
         trainer,
         "train",
