@@ -321,11 +321,8 @@ def build_model(tokenizer, preset: Preset, seed: int):
         intermediate_size=2 * preset.hidden_size,
         max_position_embeddings=512,
         seed=seed,
+        tie_embeddings=preset.tie_embeddings,
     )
-    if preset.tie_embeddings:
-        # Input and output item embeddings shared: copying a candidate from the prompt is then easy to learn.
-        model.config.tie_word_embeddings = True
-        model.tie_weights()
     return model
 
 
@@ -725,6 +722,12 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
     objectives = [o for o in OBJECTIVES if any(r.get("objective") == o for r in rows)]
     written = []
 
+    def save(fig, name: str, dpi: int) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=dpi)
+        plt.close(fig)
+        written.append(out / name)
+
     # 1. HR@1 vs K, ranking (top) and generation (bottom), one column per objective.
     fig, axes = plt.subplots(2, len(objectives), figsize=(4.2 * len(objectives), 6.4), squeeze=False, sharey="row")
     for row_i, (metric, ref_metric, title) in enumerate(
@@ -755,11 +758,7 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
                 ax.set_ylabel("HR@1")
         axes[row_i][0].legend(fontsize=7)
     fig.suptitle(f"HR@1 vs K, plain vs DynamicPO ({protocol} candidates)", fontsize=10)
-    fig.tight_layout()
-    path = out / "hr1_vs_k.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "hr1_vs_k.png", dpi=80)
 
     # 2. Training loss and subset HR@1 vs step (first seed), one row per objective, K as colour.
     seed0 = min((r["row"]["seed"] for r in results), default=0)
@@ -792,11 +791,7 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
             ax.grid(alpha=0.3)
             ax.set_xlabel("step")
     axes[0][0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "curves.png", dpi=70)
 
     # 3. Gradient share of boundary negatives and |B| vs step.
     fig, axes = plt.subplots(2, len(objectives), figsize=(4.2 * len(objectives), 6.0), squeeze=False)
@@ -817,11 +812,7 @@ def plot_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, Any]
             ax.grid(alpha=0.3)
             ax.set_xlabel("step")
     axes[0][0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path = out / "grad_share.png"
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "grad_share.png", dpi=70)
     return written
 
 

@@ -32,3 +32,19 @@ def test_quickstart_tiny(tmp_path, capsys):
     assert recipe["train"]["model_name_or_path"] == str(out / "sft")
     assert recipe["eval"]["model_name_or_path"] == str(out / "dynamicpo")
     assert "trl-dynamicpo" in (out / "recipe.yaml").read_text().splitlines()[1]
+
+
+def test_base_model_shares_input_and_output_embeddings(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from trl_dynamicpo.cli.quickstart import build_base_model
+    from trl_dynamicpo.recsys import load_sample
+
+    build_base_model(tmp_path, load_sample("train")[:16], vocab_size=300, hidden_size=32, num_layers=1)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    untied = build_base_model(tmp_path / "untied", load_sample("train")[:16], vocab_size=300, hidden_size=32,
+                              num_layers=1, tie_embeddings=False)  # fmt: skip
+    assert untied[0] > build_base_model(tmp_path / "tied", load_sample("train")[:16], vocab_size=300, hidden_size=32,
+                                        num_layers=1)[0]  # fmt: skip

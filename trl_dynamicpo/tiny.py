@@ -66,11 +66,14 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     attn_implementation: str = "sdpa",
     seed: int = 0,
+    tie_embeddings: bool = False,
 ):
     """Build a randomly initialised causal LM (Qwen2 or Llama shape) sized to `tokenizer`.
 
     The defaults give a model of well under a million parameters, for tests. Raise `hidden_size` and
     `num_layers` for the quickstart and benchmarks (hidden 256 x 4 layers is about 5M with a 4k vocabulary).
+    With `tie_embeddings` the output layer shares the input embeddings, so naming an item that appears in the prompt
+    (a candidate) is easy to learn for a small model.
     """
     import torch
 
@@ -86,7 +89,7 @@ def build_tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)

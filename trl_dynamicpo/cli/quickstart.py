@@ -68,9 +68,7 @@ def build_base_model(
     Qwen2-shaped model with random weights and save both to `output_dir` (loadable by every command).
 
     `catalogue` defaults to the bundled LastFM catalogue; `builder` (a `PromptBuilder`, default: the `domain`
-    templates) renders the texts the tokenizer is trained on. With `tie_embeddings` the output layer shares the input
-    embeddings, so naming an item that appears in the prompt (a candidate) is easy to learn for a small model.
-    Returns (parameters, vocabulary size).
+    templates) renders the texts the tokenizer is trained on; `tie_embeddings` as in `build_tiny_model`. Returns (parameters, vocabulary size).
     """
     from trl_dynamicpo.recsys import PromptBuilder, sample_catalogue
     from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
@@ -87,10 +85,8 @@ def build_base_model(
         num_kv_heads=2 if hidden_size % 8 == 0 else 4,
         max_position_embeddings=1024,
         seed=seed,
+        tie_embeddings=tie_embeddings,
     )
-    if tie_embeddings:
-        model.config.tie_word_embeddings = True
-        model.tie_weights()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return sum(p.numel() for p in model.parameters()), len(tokenizer)
