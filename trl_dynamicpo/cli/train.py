@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..variants import method_name
 from .arguments import RecDataArguments
 from .common import (
     finish_training,
@@ -20,17 +21,6 @@ def dataclass_types() -> tuple:
     from trl_dynamicpo.config import DynamicPOConfig
 
     return (RecDataArguments, DynamicPOConfig, ModelConfig)
-
-
-def method_name(args) -> str:
-    """'DynamicPO (DMPO)', 'DMPO', 'DynamicPO w/o selection (S-DPO)', ... for logs and the model card."""
-    base = {"dmpo": "DMPO", "sdpo": "S-DPO", "mppo": "MPPO"}[args.multi_negative_loss]
-    if args.boundary_selection and args.dynamic_beta:
-        return f"DynamicPO ({base})"
-    if not args.boundary_selection and not args.dynamic_beta:
-        return base
-    missing = "selection" if not args.boundary_selection else "dynamic beta"
-    return f"DynamicPO w/o {missing} ({base})"
 
 
 def run_train(data_args: RecDataArguments, training_args, model_args, callbacks: Sequence | None = None):
