@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 from transformers.data.data_collator import DataCollatorMixin
-from trl.trainer.utils import add_fused_lm_head, pad
+
+from .compat import (
+    USE_TRITON_ATTRIBUTE,
+    add_fused_lm_head,
+    attention_implementation,
+    has_fused_lm_head,
+    pad,
+    trl_utils_module,
+)
 
 
 PACKABLE_ATTENTION = ("eager", "sdpa")
@@ -122,12 +130,6 @@ def block_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dt
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def attention_implementation(model) -> str:
-    """The attention kernel a (possibly wrapped) model runs."""
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model.config, "_attn_implementation", None) or "eager"
-
-
 def can_pack(model) -> bool:
     """Whether the model's attention kernel takes the custom 4-D mask the packed layout needs."""
     return attention_implementation(model) in PACKABLE_ATTENTION
@@ -140,8 +142,7 @@ def ensure_fused_lm_head(model) -> None:
     the entropy). Without `fused_lm_head=True` the patched forward is the original one, so generation is unchanged.
     """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forward = getattr(target.forward, "__func__", None)
-    if forward is None or forward.__code__.co_name != "_fused_forward":  # the name of TRL 1.16's patched forward
+    if not has_fused_lm_head(target):
         add_fused_lm_head(target, outputs=("log_probs",))
 
 
@@ -158,11 +159,10 @@ def compact_lm_head_on_cpu():
     positions gives the same log-probabilities (TRL's own CUDA path). Active inside the `with` block only; other
     devices are not affected; `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0` keeps TRL's behaviour.
     """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
+    trl_utils = trl_utils_module()
+    original = getattr(trl_utils, USE_TRITON_ATTRIBUTE)  # tests/test_compat.py checks that TRL still has it
     disabled = os.environ.get(COMPACT_HEAD_ENV, "1").lower() in ("0", "false", "no")
-    if original is None or disabled or getattr(original, "_cpu_compact", False):
+    if disabled or getattr(original, "_cpu_compact", False):
         yield
         return
 
@@ -170,11 +170,11 @@ def compact_lm_head_on_cpu():
         return True if getattr(device, "type", None) == "cpu" else original(device)
 
     use_triton_or_cpu._cpu_compact = True
-    trl_utils._use_triton = use_triton_or_cpu
+    setattr(trl_utils, USE_TRITON_ATTRIBUTE, use_triton_or_cpu)
     try:
         yield
     finally:
-        trl_utils._use_triton = original
+        setattr(trl_utils, USE_TRITON_ATTRIBUTE, original)
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

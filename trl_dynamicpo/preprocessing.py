@@ -13,7 +13,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
-from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+
+from .compat import _tokenize, common_prefix_length, extract_prompt
 
 
 logger = logging.get_logger(__name__)

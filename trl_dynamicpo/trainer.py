@@ -20,10 +20,14 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.utils import logging
 from trl import DPOTrainer
-from trl.models import prepare_deepspeed
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, use_adapter
 
+from .compat import (
+    attention_implementation,
+    disable_gradient_checkpointing,
+    get_config_model_id,
+    prepare_deepspeed,
+    use_adapter,
+)
 from .config import DynamicPOConfig
 from .losses import multi_negative_loss
 from .packing import DataCollatorForMultiNegative, can_pack, completion_logps
@@ -196,7 +200,7 @@ class DynamicPOTrainer(DPOTrainer):
             impl = (args.model_init_kwargs or {}).get("attn_implementation") or "sdpa"
             packable = impl in ("eager", "sdpa")
         else:
-            impl, packable = model.config._attn_implementation, can_pack(model)
+            impl, packable = attention_implementation(model), can_pack(model)
         if not packable:
             logger.warning_once(
                 f"shared_prefix=True needs attention that takes a 4-D block mask (eager or sdpa); the model uses "

@@ -82,7 +82,7 @@ def adapter_base(path: str, adapter_config: dict) -> str:
 
 
 def _create(path: str, init_kwargs: dict, quantization_config) -> Any:
-    from trl.trainer.utils import create_model_from_path
+    from ..compat import create_model_from_path
 
     kwargs = {k: v for k, v in init_kwargs.items() if v is not None or k == "device_map"}
     if quantization_config is not None:
