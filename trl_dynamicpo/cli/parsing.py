@@ -24,7 +24,7 @@ from dataclasses import fields
 from typing import Any
 
 
-SECTIONS = ("sft", "train", "eval", "quickstart")
+SECTIONS = ("sft", "train", "eval", "sweep", "quickstart")
 RESERVED = ("env", "variants", *SECTIONS)
 
 
@@ -90,9 +90,10 @@ def all_command_fields() -> set[str]:
     from trl_dynamicpo.config import DynamicPOConfig
 
     from .arguments import EvalArguments, QuickstartArguments, RecDataArguments
+    from .sweep import SweepArguments
 
     return _field_names(
-        (RecDataArguments, EvalArguments, QuickstartArguments, SFTConfig, DynamicPOConfig, ModelConfig)
+        (RecDataArguments, EvalArguments, QuickstartArguments, SweepArguments, SFTConfig, DynamicPOConfig, ModelConfig)
     )
 
 
