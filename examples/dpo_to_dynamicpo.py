@@ -36,11 +36,12 @@ def multi_negative_dataset(num_prompts: int = 256, num_negatives: int = 7):
 
 def tiny_model_path() -> str:
     """Stand-in for a Hub id when offline: a small random model + tokenizer saved to a temporary folder."""
-    from trl_dynamicpo.cli.quickstart import build_base_model
-    from trl_dynamicpo.recsys import load_sample
+    from trl_dynamicpo.recsys import PromptBuilder, load_sample, sample_catalogue
+    from trl_dynamicpo.tiny import build_recommender_lm
 
     path = tempfile.mkdtemp(prefix="tiny-lm-")
-    build_base_model(path, load_sample("train")[:256], vocab_size=400, hidden_size=64, num_layers=2)
+    texts = PromptBuilder().training_texts(load_sample("train")[:256])
+    build_recommender_lm(texts, sample_catalogue(), vocab_size=400, hidden_size=64, num_layers=2, output_dir=path)
     return path
 
 

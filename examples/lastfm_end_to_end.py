@@ -65,13 +65,14 @@ def main():
     if model is None:
         from trl_dynamicpo.cli.arguments import RecDataArguments
         from trl_dynamicpo.cli.data import load_rec_data
-        from trl_dynamicpo.cli.quickstart import build_base_model
-        from trl_dynamicpo.recsys import read_catalogue
+        from trl_dynamicpo.recsys import PromptBuilder, read_catalogue
+        from trl_dynamicpo.tiny import build_recommender_lm
 
         rec = load_rec_data(RecDataArguments(**data, max_train_samples=args.max_train_samples), need=("train",))
         catalogue = read_catalogue(data["items_file"]) if "items_file" in data else None
         model = str(out / "base")
-        build_base_model(model, rec.train, catalogue=catalogue or rec.catalogue, hidden_size=128, num_layers=2)
+        build_recommender_lm(PromptBuilder().training_texts(rec.train), catalogue or rec.catalogue, hidden_size=128,
+                             num_layers=2, output_dir=model)  # fmt: skip
 
     recipe = {
         "model_name_or_path": model,

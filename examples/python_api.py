@@ -24,7 +24,7 @@ from trl_dynamicpo.recsys import (
     preference_dataset,
     sample_catalogue,
 )
-from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
+from trl_dynamicpo.tiny import build_recommender_lm
 
 
 def main():
@@ -36,9 +36,9 @@ def main():
     print(dataset[0]["prompt"], "->", dataset[0]["chosen"], "vs", dataset[0]["rejected"][:3], "...")
 
     # A small offline model: every artist is one token of the tokenizer.
-    texts = [builder.build(ex, i) + builder.completion(ex.target) for i, ex in enumerate(train_examples)]
-    tokenizer = build_tokenizer(texts, vocab_size=500, items=sample_catalogue())
-    model = build_tiny_model(tokenizer, hidden_size=64, num_layers=2)
+    model, tokenizer = build_recommender_lm(
+        builder.training_texts(train_examples), sample_catalogue(), vocab_size=500, hidden_size=64, num_layers=2
+    )
 
     # 2. DynamicPO (on DMPO); `boundary_selection=False, dynamic_beta=False` would be the plain DMPO baseline.
     with compact_lm_head_on_cpu():

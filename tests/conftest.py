@@ -83,12 +83,12 @@ def slice_data(tmp_path_factory):
     """The bundled sample cut to its 200 most frequent artists (a small vocabulary: fast on CPU) and a tiny model +
     tokenizer for it saved so that the CLI can load it by path; built once per session (CLI, distributed, resume
     and QLoRA tests)."""
-    from trl_dynamicpo.cli.quickstart import build_base_model, write_artist_slice
-    from trl_dynamicpo.recsys import read_catalogue, read_examples
+    from trl_dynamicpo.recsys import PromptBuilder, read_catalogue, read_examples, write_sample_slice
+    from trl_dynamicpo.tiny import build_recommender_lm
 
     root = tmp_path_factory.getbasetemp() / "cli-slice-200"
-    files = write_artist_slice(root / "data", 200)
-    examples = read_examples(files["train_file"])[:64]
-    build_base_model(root / "base", examples, catalogue=read_catalogue(files["items_file"]), vocab_size=300,
-                     hidden_size=32, num_layers=1)  # fmt: skip
+    files = write_sample_slice(root / "data", 200)
+    texts = PromptBuilder().training_texts(read_examples(files["train_file"])[:64])
+    build_recommender_lm(texts, read_catalogue(files["items_file"]), vocab_size=300, hidden_size=32, num_layers=1,
+                         output_dir=root / "base")  # fmt: skip
     return {"model_name_or_path": str(root / "base"), **files}

@@ -17,11 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     """A tiny model + tokenizer for the bundled LastFM sample, saved so that the CLI can load it by path."""
-    from trl_dynamicpo.cli.quickstart import build_base_model
-    from trl_dynamicpo.recsys import load_sample
+    from trl_dynamicpo.recsys import PromptBuilder, load_sample, sample_catalogue
+    from trl_dynamicpo.tiny import build_recommender_lm
 
     path = tmp_path_factory.mktemp("base")
-    build_base_model(path, load_sample("train")[:64], vocab_size=300, hidden_size=32, num_layers=1)
+    texts = PromptBuilder().training_texts(load_sample("train")[:64])
+    build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1, output_dir=path)
     return path
 
 

@@ -37,14 +37,15 @@ def test_quickstart_tiny(tmp_path, capsys):
 def test_base_model_shares_input_and_output_embeddings(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from trl_dynamicpo.cli.quickstart import build_base_model
-    from trl_dynamicpo.recsys import load_sample
+    from trl_dynamicpo.recsys import PromptBuilder, load_sample, sample_catalogue
+    from trl_dynamicpo.tiny import build_recommender_lm
 
-    build_base_model(tmp_path, load_sample("train")[:16], vocab_size=300, hidden_size=32, num_layers=1)
+    texts = PromptBuilder().training_texts(load_sample("train")[:16])
+    build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1, output_dir=tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    untied = build_base_model(tmp_path / "untied", load_sample("train")[:16], vocab_size=300, hidden_size=32,
-                              num_layers=1, tie_embeddings=False)  # fmt: skip
-    assert untied[0] > build_base_model(tmp_path / "tied", load_sample("train")[:16], vocab_size=300, hidden_size=32,
-                                        num_layers=1)[0]  # fmt: skip
+    untied, _ = build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1,
+                                     tie_embeddings=False)  # fmt: skip
+    tied, _ = build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1)
+    assert untied.num_parameters() > tied.num_parameters()

@@ -136,6 +136,7 @@ def build_recommender_lm(
     seed: int = 0,
     dtype=None,
     device=None,
+    output_dir=None,
     **model_kwargs,
 ):
     """A tokenizer in which every item is one token and a small random causal LM for it: the package's one recipe
@@ -152,6 +153,7 @@ def build_recommender_lm(
         max_position_embeddings: longest sequence.
         seed: weight initialisation seed.
         dtype, device: where the weights are created.
+        output_dir: when given, the model and the tokenizer are also saved there (loadable by every command).
         model_kwargs: further `build_tiny_model` arguments (`arch`, `intermediate_size`, `attn_implementation`,
             config fields).
 
@@ -174,4 +176,7 @@ def build_recommender_lm(
         device=device,
         **model_kwargs,
     )
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
     return model, tokenizer

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..recsys.prompts import COMPACT_TEMPLATE
+
 
 CANDIDATE_MODES = ("leak_free", "public")
 PROTOCOLS = ("ranking", "generation", "both")
@@ -221,18 +223,21 @@ class QuickstartArguments:
         default=None, metadata={"help": "Validation prompts to evaluate (default: all 300; 32 with --tiny)."}
     )
     catalogue_size: int = field(
-        default=1000,
+        default=0,
         metadata={
-            "help": "Train on the sample's N most listened-to artists: the prompts whose target is one of them, with "
-            "leak-free candidates drawn from them (a smaller vocabulary, so a CPU can learn it in minutes). 0: all "
-            "4,606 artists and all prompts."
+            "help": "0: every prompt and artist of the sample. N > 0: only the prompts whose target is one of the "
+            "sample's N most listened-to artists, with leak-free candidates drawn from them (a smaller problem)."
         },
     )
     template: str | None = field(
-        default=None,
-        metadata={"help": "Prompt template with {history} and {candidates} (default: the 'music' paraphrases)."},
+        default=COMPACT_TEMPLATE,
+        metadata={"help": "Prompt template with {history} and {candidates} (default: the compact one; 'none' for the "
+                  "'music' paraphrases)."},  # fmt: skip
     )
-    separator: str = field(default=", ", metadata={"help": "How item names are joined in the prompt."})
+    separator: str = field(default=",", metadata={"help": "How item names are joined in the prompt."})
+    history_loss: bool = field(
+        default=True, metadata={"help": "SFT loss on the history items as well as the answer (see `sft --help`)."}
+    )
     hidden_size: int | None = field(default=None, metadata={"help": "Model width (default 128; 32 with --tiny)."})
     num_layers: int | None = field(default=None, metadata={"help": "Transformer layers (default 2; 1 with --tiny)."})
     sft_epochs: float = field(default=3.0, metadata={"help": "SFT epochs."})

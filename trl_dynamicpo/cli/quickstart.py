@@ -51,71 +51,6 @@ def _report_to(choice: str) -> str:
     return "tensorboard"
 
 
-def build_base_model(
-    output_dir: str | os.PathLike,
-    train_examples: Sequence,
-    *,
-    catalogue: Sequence[str] | None = None,
-    vocab_size: int = 1000,
-    hidden_size: int = 128,
-    num_layers: int = 2,
-    seed: int = 0,
-    domain: str = "music",
-    tie_embeddings: bool = True,
-    builder=None,
-) -> tuple[int, int]:
-    """Train a tokenizer on the prompts of `train_examples` (every catalogue item one token), build a small
-    Qwen2-shaped model with random weights and save both to `output_dir` (loadable by every command).
-
-    `catalogue` defaults to the bundled LastFM catalogue; `builder` (a `PromptBuilder`, default: the `domain`
-    templates) renders the texts the tokenizer is trained on; `tie_embeddings` as in `build_tiny_model`. Returns (parameters, vocabulary size).
-    """
-    from trl_dynamicpo.recsys import PromptBuilder, sample_catalogue
-    from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
-
-    builder = builder or PromptBuilder(domain=domain, seed=seed)
-    texts = [builder.build(ex, i) + builder.completion(ex.target) for i, ex in enumerate(train_examples)]
-    items = list(catalogue) if catalogue is not None else sample_catalogue()
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, items=items)
-    model = build_tiny_model(
-        tokenizer,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=4,
-        num_kv_heads=2 if hidden_size % 8 == 0 else 4,
-        max_position_embeddings=1024,
-        seed=seed,
-        tie_embeddings=tie_embeddings,
-    )
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return sum(p.numel() for p in model.parameters()), len(tokenizer)
-
-
-def write_artist_slice(output_dir: Path, size: int) -> dict[str, str]:
-    """Write the bundled sample restricted to its `size` most frequent artists (counted over the training
-    histories and targets): the prompts whose target is one of them, and a catalogue of just those artists.
-
-    Histories keep every artist (names outside the slice are ordinary text). Returns the recipe's file keys.
-    """
-    from collections import Counter
-
-    from trl_dynamicpo.recsys import load_sample, write_examples
-
-    train, val = load_sample("train", leak_free=False), load_sample("val", leak_free=False)
-    counts = Counter(name for ex in train for name in (*ex.history, ex.target))
-    top = [name for name, _ in counts.most_common(size)]
-    keep = set(top)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "train_file": write_examples([ex for ex in train if ex.target in keep], output_dir / "train.jsonl", history_as_list=True),
-        "eval_file": write_examples([ex for ex in val if ex.target in keep], output_dir / "val.jsonl", history_as_list=True),
-    }
-    items = output_dir / "items.txt"
-    items.write_text("".join(f"{i}::{name}\n" for i, name in enumerate(top)), encoding="utf-8")
-    return {**{k: str(v) for k, v in files.items()}, "items_file": str(items)}
-
-
 def build_recipe(qargs: QuickstartArguments, out: Path, data_files: dict[str, str] | None = None) -> dict[str, Any]:
     """The CLI recipe the quickstart runs (also written to `<output_dir>/recipe.yaml`)."""
     tiny = qargs.tiny
@@ -128,6 +63,7 @@ def build_recipe(qargs: QuickstartArguments, out: Path, data_files: dict[str, st
         "candidate_seed": qargs.seed,
         "template": qargs.template,
         "separator": qargs.separator,
+        "history_loss": qargs.history_loss,
         "num_negatives": qargs.num_negatives,
         "max_train_samples": _size(qargs, "train_samples"),
         "max_eval_samples": _size(qargs, "eval_samples"),
@@ -273,7 +209,9 @@ def run_quickstart(qargs: QuickstartArguments) -> dict[str, Any]:
     state = PartialState(cpu=not has_accelerator())
     recipe_path = out / "recipe.yaml"
     if state.is_main_process:
-        data_files = write_artist_slice(out / "data", qargs.catalogue_size) if qargs.catalogue_size > 0 else None
+        from trl_dynamicpo.recsys import write_sample_slice
+
+        data_files = write_sample_slice(out / "data", qargs.catalogue_size) if qargs.catalogue_size > 0 else None
         _write_yaml(build_recipe(qargs, out, data_files), recipe_path, f"trl-dynamicpo sft|train|eval --config {recipe_path}")
     state.wait_for_everyone()
 
@@ -284,11 +222,15 @@ def run_quickstart(qargs: QuickstartArguments) -> dict[str, Any]:
     data = load_rec_data(data_args, need=("train",))
     hidden, layers = _size(qargs, "hidden_size"), _size(qargs, "num_layers")
     if state.is_main_process:
+        from trl_dynamicpo.recsys import sample_catalogue
+        from trl_dynamicpo.tiny import build_recommender_lm
+
         # Every artist of the sample is one token (history names outside the slice included); with the compact
         # CPU head the vocabulary size costs little.
-        build_base_model(
-            out / "base", data.train, vocab_size=300 if qargs.tiny else 1000,
-            hidden_size=hidden, num_layers=layers, seed=qargs.seed, builder=prompt_builder(data_args),
+        build_recommender_lm(
+            prompt_builder(data_args).training_texts(data.train), sample_catalogue(),
+            vocab_size=300 if qargs.tiny else 1000, hidden_size=hidden, num_layers=layers, seed=qargs.seed,
+            output_dir=out / "base",
         )  # fmt: skip
     state.wait_for_everyone()
     base_config = json.loads((out / "base" / "config.json").read_text(encoding="utf-8"))

@@ -33,6 +33,7 @@ _LAZY = {
     "PromptBuilder": "prompts",
     "TEMPLATES": "prompts",
     "ANSWER_CUE": "prompts",
+    "COMPACT_TEMPLATE": "prompts",
     "sft_dataset": "training_data",
     "preference_dataset": "training_data",
     "sample_negatives": "training_data",
@@ -53,6 +54,9 @@ _LAZY = {
     "load_sample": "sample",
     "build_sample": "sample",
     "sample_catalogue": "sample",
+    "find_data_dir": "sample",
+    "DATA_ENV": "sample",
+    "write_sample_slice": "sample",
     "main_leak_free": "tools",
     "main_leak_check": "tools",
     "LeakFreeArguments": "tools",
@@ -73,6 +77,7 @@ __all__ = [
     "PromptBuilder",
     "TEMPLATES",
     "ANSWER_CUE",
+    "COMPACT_TEMPLATE",
     "sft_dataset",
     "preference_dataset",
     "sample_negatives",
@@ -93,6 +98,9 @@ __all__ = [
     "load_sample",
     "build_sample",
     "sample_catalogue",
+    "find_data_dir",
+    "DATA_ENV",
+    "write_sample_slice",
     "main_leak_free",
     "main_leak_check",
     "LeakFreeArguments",
@@ -104,9 +112,17 @@ if TYPE_CHECKING:
     from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
     from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
-    from .prompts import ANSWER_CUE, TEMPLATES, PromptBuilder
+    from .prompts import ANSWER_CUE, COMPACT_TEMPLATE, TEMPLATES, PromptBuilder
     from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples
-    from .sample import build_sample, load_sample, sample_catalogue, sample_path
+    from .sample import (
+        DATA_ENV,
+        build_sample,
+        find_data_dir,
+        load_sample,
+        sample_catalogue,
+        sample_path,
+        write_sample_slice,
+    )
     from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
     from .training_data import preference_dataset, sample_negatives, sft_dataset
 

@@ -81,6 +81,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# A short template without instructions, for small models trained from scratch (the quickstart and the benchmark
+# presets): fewer prompt tokens, and nothing to learn but the items.
+COMPACT_TEMPLATE = "History: {history}.\nCandidates: {candidates}."
+
 _PLACEHOLDER = re.compile(r"\{(history|candidates)\}")
 
 
@@ -194,6 +198,15 @@ class PromptBuilder:
         if self.conversational:
             return [{"role": "assistant", "content": item}]
         return " " + item
+
+    def training_texts(self, examples: Sequence[RecExample]) -> list[str]:
+        """Prompt + answer of every example as plain text (standard format), e.g. to train a tokenizer on."""
+        texts = []
+        for i, ex in enumerate(examples):
+            prompt = self.build(ex, i)
+            body = prompt if isinstance(prompt, str) else prompt[0]["content"]
+            texts.append(body + " " + ex.target)
+        return texts
 
     def __repr__(self) -> str:
         return (

@@ -20,6 +20,24 @@ from .readers import RecExample, _open_text, read_catalogue, read_examples
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "lastfm_sample"
 SAMPLE_FILES = {"train": "train.jsonl.gz", "val": "val.jsonl.gz", "items": "items.txt"}
+# Folder of a full dataset in the bundled sample's layout (train.jsonl.gz, val.jsonl.gz, items.txt).
+DATA_ENV = "TRL_DYNAMICPO_DATA"
+
+
+def find_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The folder of the full data: `explicit` if given, else `$TRL_DYNAMICPO_DATA`, else None (use the sample).
+
+    Raises `FileNotFoundError` when the folder named does not hold `train.jsonl.gz`, `val.jsonl.gz` and `items.txt`.
+    """
+    value = explicit if explicit is not None else os.environ.get(DATA_ENV) or None
+    if value is None:
+        return None
+    folder = Path(value).expanduser()
+    missing = [name for name in SAMPLE_FILES.values() if not (folder / name).exists()]
+    if missing:
+        source = "given" if explicit is not None else f"named by ${DATA_ENV}"
+        raise FileNotFoundError(f"The data folder {source}, {folder}, lacks {missing}.")
+    return folder
 
 
 def sample_path(name: str) -> Path:
@@ -54,6 +72,32 @@ def load_sample(split: str = "train", leak_free: bool = True, seed: int = 0) -> 
     if leak_free:
         examples = leak_free_candidates(examples, catalogue, num_candidates=20, seed=seed)
     return examples
+
+
+def write_sample_slice(output_dir: str | os.PathLike, num_items: int, seed: int = 0) -> dict[str, str]:
+    """Write the bundled sample restricted to its `num_items` most frequent items (counted over the training
+    histories and targets): the prompts whose target is one of them, and a catalogue of just those items.
+
+    Histories keep every item (names outside the slice are ordinary text). Returns the CLI's file keys
+    (`train_file`, `eval_file`, `items_file`).
+    """
+    from collections import Counter
+
+    from .readers import write_examples
+
+    train, val = load_sample("train", leak_free=False), load_sample("val", leak_free=False)
+    counts = Counter(name for ex in train for name in (*ex.history, ex.target))
+    top = [name for name, _ in counts.most_common(num_items)]
+    keep = set(top)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "train_file": write_examples([ex for ex in train if ex.target in keep], out / "train.jsonl", history_as_list=True),
+        "eval_file": write_examples([ex for ex in val if ex.target in keep], out / "val.jsonl", history_as_list=True),
+    }
+    items = out / "items.txt"
+    items.write_text("".join(f"{i}::{name}\n" for i, name in enumerate(top)), encoding="utf-8")
+    return {**{k: str(v) for k, v in files.items()}, "items_file": str(items)}
 
 
 def build_sample(
