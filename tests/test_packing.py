@@ -339,8 +339,8 @@ def test_precomputed_reference_equals_live_reference(tokenizer, tmp_path):
 # ---------------------------------------------------------------------------------------------------- fallback
 
 
-def fake_model(impl):
-    return types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation=impl))
+def fake_model(impl, model_type="qwen2"):
+    return types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type, _attn_implementation=impl))
 
 
 def test_can_pack():
@@ -349,7 +349,7 @@ def test_can_pack():
     assert can_pack(types.SimpleNamespace(module=fake_model("sdpa")))  # DDP-wrapped
 
 
-def test_flash_attention_falls_back_to_naive_rows(caplog):
+def test_flash_attention_falls_back_to_naive_rows(caplog, tokenizer, tmp_path):
     from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 
     once = getattr(logging.Logger, "warning_once", None)  # transformers' per-message cache: warn again here
@@ -362,14 +362,16 @@ def test_flash_attention_falls_back_to_naive_rows(caplog):
     assert "flash_attention_2" in caplog.text and "shared_prefix" in caplog.text
     assert resolve(fake_model("eager"), args) is True
     assert resolve(fake_model("sdpa"), args) is True
-    # A model given by name: the attention implementation comes from `model_init_kwargs` (sdpa by default).
-    assert resolve("some/model", args) is True
+    # A model given by name: its config is read, the attention implementation comes from `model_init_kwargs` (sdpa by
+    # default).
+    build_tiny_model(tokenizer).save_pretrained(tmp_path / "tiny")
+    assert resolve(str(tmp_path / "tiny"), args) is True
     named = DynamicPOConfig(
         output_dir="unused", report_to=[], bf16=False, use_cpu=True,
         model_init_kwargs={"attn_implementation": "flash_attention_3"},
     )
     with caplog.at_level(logging.WARNING):
-        assert resolve("some/model", named) is False
+        assert resolve(str(tmp_path / "tiny"), named) is False
     assert "flash_attention_3" in caplog.text
     off = DynamicPOConfig(output_dir="unused", report_to=[], bf16=False, use_cpu=True, shared_prefix=False)
     assert resolve(fake_model("sdpa"), off) is False
