@@ -402,3 +402,44 @@ def test_trainer_with_unpackable_attention_uses_naive_rows(tokenizer, tmp_path):
     loss_packed, _, _ = loss_and_grads(packed)
     assert "attention_mask" in batch and "segment_ids" not in batch
     torch.testing.assert_close(loss_fallback, loss_packed, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- per-completion stats
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["packed", "naive"])
+def test_completion_stats_match_a_slow_reference(shared):
+    """Entropy, mean logit and top-1 hits summed per completion, token counts and naive row lengths (what the
+    trainer logs as TRL's `entropy`, `logits/*`, `mean_token_accuracy`, `num_tokens`). A vocabulary of 12 tokens,
+    the chosen answers being the model's own greedy continuations (all top-1 hits)."""
+    from architectures import tiny_model
+
+    from trl_dynamicpo.compat import add_fused_lm_head
+    from trl_dynamicpo.packing import forward_completions
+
+    model = tiny_model("llama", 12, seed=9)
+    reference = copy.deepcopy(model)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    examples = random_examples(12, ks=(3, 1, 2), seed=10)
+    for ex in examples:
+        with torch.no_grad():
+            greedy = reference.generate(torch.tensor([ex["prompt_ids"]]), max_new_tokens=2, do_sample=False)
+        ex["chosen_ids"] = greedy[0, len(ex["prompt_ids"]) :].tolist()
+    with torch.no_grad():
+        out = forward_completions(model, DataCollatorForMultiNegative(pad_token_id=PAD, shared_prefix=shared)(examples))
+    expected = {key: torch.zeros(3, 4) for key in ("entropy", "mean_logits", "top1", "num_tokens", "sequence_tokens")}
+    with torch.no_grad():
+        for b, ex in enumerate(examples):
+            for c, comp in enumerate([ex["chosen_ids"], *ex["rejected_ids"]]):
+                prompt = ex["prompt_ids"]
+                logits = reference(input_ids=torch.tensor([prompt + comp])).logits[0, len(prompt) - 1 : -1].double()
+                logprobs = logits.log_softmax(-1)
+                expected["entropy"][b, c] = float(-(logprobs.exp() * logprobs).sum())
+                expected["mean_logits"][b, c] = float(logits.mean(-1).sum())
+                expected["top1"][b, c] = float((logits.argmax(-1) == torch.tensor(comp)).sum())
+                expected["num_tokens"][b, c] = len(comp)
+                expected["sequence_tokens"][b, c] = len(prompt) + len(comp)
+    assert torch.equal(expected["top1"][:, 0], expected["num_tokens"][:, 0]) and expected["top1"][:, 1:].sum() < expected["num_tokens"][:, 1:].sum()
+    for key, value in expected.items():
+        torch.testing.assert_close(getattr(out, key).float(), value, atol=1e-5, rtol=0, msg=key)
+    assert out.aux_loss is None
