@@ -187,3 +187,16 @@ def test_hybrid_trainer_uses_naive_rows_and_says_so(tokenizer, tmp_path, caplog,
     assert "'conv' layers" in caplog.text and "shared_prefix=True" in caplog.text
     loss, grads, batch = loss_and_grads(trainer)
     assert "attention_mask" in batch and torch.isfinite(loss) and grads
+
+
+def test_scoring_a_hybrid_uses_naive_rows(tokenizer, caplog, fresh_warnings):
+    from trl_dynamicpo.scoring import score_completions
+
+    model = tiny_model("falcon_h1", len(tokenizer))
+    prompts = ["The user listened to Muse, Air. Next:", "The user listened to Moby. Next:"]
+    completions = [[" Placebo", " Shakira", " Slayer"], [" Madonna", " The Cure"]]
+    with caplog.at_level(logging.WARNING):
+        packed = score_completions(model, tokenizer, prompts, completions, show_progress=False)
+    assert "'hybrid' layers" in caplog.text
+    naive = score_completions(model, tokenizer, prompts, completions, shared_prefix=False, show_progress=False)
+    assert packed == naive

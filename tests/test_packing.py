@@ -7,7 +7,9 @@ Layout:
   prompt+completion at a time), for Qwen2 and Llama, eager and sdpa, batch > 1, K varying across rows;
 * trainer level: `shared_prefix` True and False give the same loss and gradients, with an explicit reference
   model and with a PEFT LoRA adapter turned off as the reference, with and without precomputed reference log-probs;
-* the fallback to naive rows for attention kernels that take no 4-D mask.
+* the fallback to naive rows for attention kernels that take no 4-D mask (architectures: tests/test_architectures.py);
+* per-completion statistics (entropy, mean logit, top-1 hits, token counts) against a slow reference, and the CPU
+  compact head inside the forward.
 """
 
 import copy
@@ -443,3 +445,34 @@ def test_completion_stats_match_a_slow_reference(shared):
     for key, value in expected.items():
         torch.testing.assert_close(getattr(out, key).float(), value, atol=1e-5, rtol=0, msg=key)
     assert out.aux_loss is None
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_forward_projects_only_labelled_positions_on_cpu(tokenizer, monkeypatch, disabled):
+    """Our forward runs inside `compact_lm_head_on_cpu` (no context manager to remember): TRL's switch is on during
+    the forward only, unless `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0`, and the log-probs are those of TRL's full projection."""
+    from trl_dynamicpo import compat
+    from trl_dynamicpo.packing import COMPACT_HEAD_ENV
+
+    if disabled:
+        monkeypatch.setenv(COMPACT_HEAD_ENV, "0")
+    utils = compat.trl_utils_module()
+    original = getattr(utils, compat.USE_TRITON_ATTRIBUTE)
+    model = build_tiny_model(tokenizer, seed=11).eval()
+    ensure_fused_lm_head(model)
+    seen = []
+    model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(getattr(utils, compat.USE_TRITON_ATTRIBUTE)(torch.device("cpu")))
+    )
+    batch = DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id, shared_prefix=False)(
+        random_examples(len(tokenizer), ks=(2, 1), seed=12)
+    )
+    with torch.no_grad():
+        ours = completion_logps(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     shift_labels=batch["shift_labels"], fused_lm_head=True).log_probs  # fmt: skip
+    assert seen == [not disabled, False]
+    assert getattr(utils, compat.USE_TRITON_ATTRIBUTE) is original
+    slots = batch["completion_slot"]
+    for slot in range(ours.numel()):
+        torch.testing.assert_close(ours.view(-1)[slot], full[slots == slot].sum(), atol=ATOL, rtol=0)

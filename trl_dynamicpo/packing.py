@@ -8,8 +8,14 @@ Two layouts carry the same information:
   positions continue from the prompt's. So each block predicts its own first token with TRL's next-token fused LM
   head, and every completion's log-probability equals that of the naive row `prompt + completion`. Tokens per
   example: P + (K + 1)(C + 1) instead of (K + 1)(P + C).
-* **naive**: one row `prompt + completion` per completion, as TRL's collator builds them (the reference layout
-  and the fallback for attention kernels that take no custom 4-D mask).
+* **naive**: one row `prompt + completion` per completion, as TRL's collator builds them (the reference layout,
+  and the fallback wherever packing cannot be shown to be exact: `packing_obstacle`).
+
+Packing is exact when every layer is causal self-attention between per-token layers and positions come from
+`position_ids`. Sliding-window layers get a windowed block mask (a block sees the last `window` positions of prompt +
+itself, as in its naive row; one mask per layer type when full and sliding layers alternate). Convolution,
+state-space and linear-attention layers, ALiBi, attention kernels without custom masks, and architectures not in
+`PACKABLE_MODEL_TYPES` (those `tests/test_architectures.py` verifies) use naive rows, with one warning.
 
 Both give `shift_labels` (the token each position predicts, -100 elsewhere) and `completion_slot` (which of the
 example's completions the label belongs to, as `example * (K_max + 1) + c`, c = 0 for the chosen one), so that
