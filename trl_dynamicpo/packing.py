@@ -381,19 +381,57 @@ def _packed_masks(model, segment_ids, position_ids, num_prefix_keys):
     return next(iter(masks.values())) if len(by_window) == 1 else masks
 
 
-def _per_completion(per_token: torch.Tensor, index: torch.Tensor, n_slots: int) -> torch.Tensor:
-    sums = per_token.new_zeros(n_slots + 1).scatter_add(0, index, per_token.reshape(-1))
-    return sums[:n_slots]
+def _model_inputs(model, batch, input_prefix: int, key_prefix: int, prompt_learning: bool):
+    """The model's keyword arguments for a collated batch, and those to hand to the model under PEFT's
+    prompt-learning forward (which extends 2-D masks only): the packed layout's block mask and positions, extended to
+    the virtual tokens (prompt tuning: a prefix of the shared prompt; prefix tuning: keys before every query)."""
+    inputs = {
+        "input_ids": batch["input_ids"],
+        # Prompt tuning prepends outputs for its virtual tokens; PEFT extends `labels` for them, not `shift_labels`.
+        "shift_labels": F.pad(batch["shift_labels"], (input_prefix, 0), value=-100),
+        "fused_lm_head": True,
+        "use_cache": False,
+    }
+    if hasattr(_unwrap(model).config.get_text_config(), "output_router_logits"):
+        # Else the fused head computes the aux loss from the attention mask, and a block mask crashes it; router
+        # logits are read from the backbone instead (`forward_completions`).
+        inputs["output_router_logits"] = False
+    if "segment_ids" not in batch:
+        inputs["attention_mask"] = batch["attention_mask"]
+        if not input_prefix:  # PEFT drops (with a warning) the position ids of prompt tuning: its rows count from 0
+            inputs["position_ids"] = batch["position_ids"]
+        return inputs, {}
+    segments, positions = batch["segment_ids"], batch["position_ids"]
+    if input_prefix:
+        segments = F.pad(segments, (input_prefix, 0), value=0)
+        prefix_positions = torch.arange(input_prefix, device=positions.device).expand(positions.size(0), -1)
+        positions = torch.cat([prefix_positions, positions + input_prefix], dim=1)
+    positions = positions + key_prefix
+    packed = {"attention_mask": _packed_masks(model, segments, positions, key_prefix), "position_ids": positions}
+    if prompt_learning:
+        return inputs, packed
+    return {**inputs, **packed}, {}
+
+
+def _router_token_weights(batch, input_prefix: int) -> torch.Tensor:
+    """How many times each position occurs in the naive rows (TRL's aux-loss mask): a packed prompt position (and a
+    virtual token) once per completion sharing it, a completion position once, padding never."""
+    if "segment_ids" in batch:
+        shared = (1 + batch["rejected_mask"].sum(dim=1, keepdim=True)).float()
+        segments = batch["segment_ids"]
+        weights = torch.where(segments == 0, shared, (segments > 0).float())
+    else:
+        weights = batch["attention_mask"].float()
+        shared = weights.new_ones(weights.size(0), 1)
+    return torch.cat([shared.expand(-1, input_prefix), weights], dim=1)
 
 
 def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_loss: bool = False) -> CompletionOutput:
     """Run `model` once over a collated batch (packed or naive rows) and sum its outputs per completion.
 
     The model must carry TRL's fused LM head (`ensure_fused_lm_head`), so only labelled positions are projected onto
-    the vocabulary (on CPU too: the forward runs inside `compact_lm_head_on_cpu`). PEFT prompt learning works in both
-    layouts: prompt tuning / P-tuning prepend virtual tokens to every row (a prefix shared by all the blocks of a
-    packed row), prefix tuning prepends virtual keys; in packed rows the block mask and positions are extended to
-    them and handed to the model under PEFT's forward, which takes 2-D masks only.
+    the vocabulary (on CPU too: the forward runs inside `compact_lm_head_on_cpu`). PEFT prompt tuning, P-tuning and
+    prefix tuning work in both layouts.
 
     Args:
         model: the causal LM (PEFT-, DDP-wrapped models work).
@@ -402,8 +440,7 @@ def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_los
             rows: in packed rows a prompt position counts once per completion that shares it, so packed and naive
             layouts give the same value, and padding counts for nothing.
     """
-    prompt_learning = active_prompt_learning(model)
-    peft_type, num_virtual = prompt_learning or (None, 0)
+    peft_type, num_virtual = active_prompt_learning(model) or (None, 0)
     if peft_type is not None and peft_type not in INPUT_PREFIX_PEFT_TYPES + KEY_PREFIX_PEFT_TYPES:
         raise ValueError(
             f"PEFT {peft_type} is not supported: of the prompt-learning methods, DynamicPO scores completions with "
@@ -411,87 +448,45 @@ def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_los
         )
     input_prefix = num_virtual if peft_type in INPUT_PREFIX_PEFT_TYPES else 0
     key_prefix = num_virtual if peft_type in KEY_PREFIX_PEFT_TYPES else 0
-    slots = batch["completion_slot"]
-    rows, length = slots.shape
-    inputs = {
-        "input_ids": batch["input_ids"],
-        # Prompt tuning prepends outputs for its virtual tokens; PEFT extends `labels` for them, not `shift_labels`.
-        "shift_labels": F.pad(batch["shift_labels"], (input_prefix, 0), value=-100),
-        "fused_lm_head": True,
-        "use_cache": False,
-    }
-    text_config = _unwrap(model).config.get_text_config()
-    if hasattr(text_config, "output_router_logits"):
-        # The fused head would compute the aux loss itself from the attention mask, which it cannot read when that
-        # mask is the packed block mask; router logits are taken from the backbone below instead.
-        inputs["output_router_logits"] = False
-    backbone_inputs = {}  # given to the model under PEFT's prompt-learning forward, which takes 2-D masks only
-    if "segment_ids" in batch:
-        segments, positions = batch["segment_ids"], batch["position_ids"]
-        if input_prefix:
-            segments = F.pad(segments, (input_prefix, 0), value=0)  # the virtual tokens join the shared prompt
-            prefix_positions = torch.arange(input_prefix, device=positions.device).expand(rows, input_prefix)
-            positions = torch.cat([prefix_positions, positions + input_prefix], dim=1)
-        elif key_prefix:
-            positions = positions + key_prefix
-        packed_inputs = {
-            "attention_mask": _packed_masks(model, segments, positions, key_prefix),
-            "position_ids": positions,
-        }
-        (backbone_inputs if peft_type is not None else inputs).update(packed_inputs)
-    else:
-        inputs["attention_mask"] = batch["attention_mask"]
-        if not input_prefix:  # PEFT drops (with a warning) the position ids of prompt tuning: its rows count from 0
-            inputs["position_ids"] = batch["position_ids"]
-
+    inputs, under_peft = _model_inputs(model, batch, input_prefix, key_prefix, prompt_learning=peft_type is not None)
     captured = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(compact_lm_head_on_cpu())
-        if backbone_inputs:
-            lm = _unwrap(model).get_base_model()
-            stack.enter_context(_forward_hooks(lm, pre=lambda module, args, kwargs: (args, {**kwargs, **backbone_inputs})))
+        if under_peft:
+            stack.enter_context(
+                _forward_hooks(_unwrap(model).get_base_model(), pre=lambda mod, args, kw: (args, {**kw, **under_peft}))
+            )
         if router_aux_loss:
             stack.enter_context(
                 _forward_hooks(
                     backbone_of(model),
-                    pre=lambda module, args, kwargs: (args, {**kwargs, "output_router_logits": True}),
-                    post=lambda module, args, kwargs, output: captured.update(router_logits=output.router_logits),
+                    pre=lambda mod, args, kw: (args, {**kw, "output_router_logits": True}),
+                    post=lambda mod, args, kw, output: captured.update(router_logits=output.router_logits),
                 )
             )
         outputs = model(**inputs)
 
+    slots = batch["completion_slot"]
     batch_size, k_max = batch["rejected_mask"].shape
     n_slots = batch_size * (k_max + 1)
     # Unlabelled positions go to an extra slot that is dropped, so the shapes never depend on the data.
     index = torch.where(slots >= 0, slots, n_slots).reshape(-1)
 
-    def per_completion(per_token):
+    def per_completion(per_token, reduce="sum"):
         if per_token is None:
             return None
-        per_token = per_token[:, -length:]  # prompt-learning PEFT prepends virtual tokens
-        return _per_completion(per_token.float() if per_token.dtype == torch.bool else per_token, index, n_slots).view(
-            batch_size, k_max + 1
-        )
+        per_token = per_token[:, -slots.size(1) :]  # prompt tuning prepends virtual positions
+        per_token = per_token.float() if per_token.dtype == torch.bool else per_token
+        out = per_token.new_zeros(n_slots + 1).scatter_reduce(0, index, per_token.reshape(-1), reduce=reduce)
+        return out[:n_slots].view(batch_size, k_max + 1)
 
     num_tokens = per_completion(batch["shift_labels"] != -100)
     # A completion's last labelled position is P + C - 2 in its naive row of P + C tokens.
-    last_position = batch["position_ids"].new_zeros(n_slots + 1).scatter_reduce(
-        0, index, batch["position_ids"].reshape(-1), reduce="amax"
-    )[:n_slots].view(batch_size, k_max + 1)
-    sequence_tokens = torch.where(num_tokens > 0, last_position + 2, 0)
-
+    sequence_tokens = torch.where(num_tokens > 0, per_completion(batch["position_ids"], reduce="amax") + 2, 0)
     aux_loss = None
     if router_aux_loss:
-        if "segment_ids" in batch:
-            shared = (1 + batch["rejected_mask"].sum(dim=1, keepdim=True)).float()  # completions sharing the prompt
-            seg = batch["segment_ids"]
-            weights = torch.where(seg == 0, shared, (seg > 0).float())
-        else:
-            shared = torch.ones(rows, 1, device=slots.device)
-            weights = batch["attention_mask"].float()
-        weights = torch.cat([shared.expand(rows, input_prefix), weights], dim=1)
+        weights = _router_token_weights(batch, input_prefix)
         aux_loss = router_aux_loss_of(captured["router_logits"], _unwrap(model).config, weights)
-
     return CompletionOutput(
         logps=per_completion(outputs.log_probs),
         num_tokens=num_tokens,
