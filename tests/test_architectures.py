@@ -19,6 +19,7 @@ from conftest import preference_rows
 from datasets import Dataset
 
 from trl_dynamicpo import packing
+from trl_dynamicpo.compat import attention_implementation
 from trl_dynamicpo.packing import (
     PACKABLE_MODEL_TYPES,
     DataCollatorForMultiNegative,
@@ -106,7 +107,7 @@ def test_unpackable_architectures_use_naive_rows_and_say_why(name, caplog, fresh
     model = tiny_model(name, VOCAB)
     assert not can_pack(model)
     with caplog.at_level(logging.WARNING):
-        assert resolve_shared_prefix(model.config, model.config._attn_implementation) is False
+        assert resolve_shared_prefix(model.config, attention_implementation(model)) is False
     assert reason in caplog.text and "naive layout" in caplog.text
     ensure_fused_lm_head(model)
     with torch.no_grad():  # naive rows work

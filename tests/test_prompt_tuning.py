@@ -1,4 +1,4 @@
-"""PEFT prompt learning (prompt tuning, P-tuning, prefix tuning) in the packed and naive layouts.
+"""PEFT prompt learning (prompt tuning, P-tuning, prefix tuning, cartridges) in the packed and naive layouts.
 
 * per-completion log-probs: packed == naive == a slow reference (PEFT's own forward on each prompt+completion row,
   plain logits), also with a sliding window shorter than the rows, and with the adapter disabled (the reference);
@@ -14,6 +14,7 @@ import torch
 from architectures import tiny_model
 from datasets import Dataset
 from peft import (
+    CartridgeConfig,
     MultitaskPromptTuningConfig,
     PrefixTuningConfig,
     PromptEncoderConfig,
@@ -33,6 +34,7 @@ PEFT_CONFIGS = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL),
     "p_tuning": lambda: PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL, encoder_hidden_size=8),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL),
+    "cartridge": lambda: CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL),
 }
 
 

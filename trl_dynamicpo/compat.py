@@ -17,6 +17,8 @@ from trl.trainer.utils import add_fused_lm_head, create_model_from_path, get_con
 
 
 __all__ = [
+    "INPUT_PREFIX_PEFT_TYPES",
+    "KEY_PREFIX_PEFT_TYPES",
     "USE_TRITON_ATTRIBUTE",
     "_tokenize",
     "active_prompt_learning",
