@@ -165,9 +165,9 @@ def test_k1_trainer_equals_trl(tokenizer, tmp_path, method, shared_prefix):
                     parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)))
     dpo_loss, dpo_grads = first_step(dpo)
     our_loss, our_grads = first_step(ours)
-    assert abs(float(dpo_loss) - 0.6931) > 1e-3
     torch.testing.assert_close(our_loss, dpo_loss, atol=ATOL, rtol=1e-5)
     assert dpo_grads.keys() == our_grads.keys() and dpo_grads
+    assert all(float(grad.abs().max()) > 0 for grad in dpo_grads.values())  # the virtual tokens shape the loss
     for name in dpo_grads:
         torch.testing.assert_close(our_grads[name], dpo_grads[name], atol=ATOL, rtol=1e-4, msg=name)
 
