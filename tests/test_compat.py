@@ -4,6 +4,7 @@ A failure here means TRL moved or renamed something the package relies on: port 
 """
 
 import inspect
+import types
 
 import torch
 
@@ -40,3 +41,69 @@ def test_tokenize_and_common_prefix(tokenizer):
     ids = compat._tokenize(tokenizer, "The user listened to Muse")["input_ids"]
     assert ids == tokenizer("The user listened to Muse")["input_ids"]
     assert compat.common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
+
+
+def test_load_balancing_loss_weights_tokens_by_the_mask():
+    """`router_aux_loss` passes per-token weights as the attention mask: a token of weight 2 counts as two copies."""
+    torch.manual_seed(0)
+    rows, length, experts, layers = 2, 5, 4, 3
+    logits = [torch.randn(rows * length, experts) for _ in range(layers)]
+    weights = torch.tensor([[2.0, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    # The same tokens with the weight-2 one repeated as its own row, padding dropped: a 0/1 mask.
+    copies = [torch.cat([layer.view(rows, length, experts), layer.view(rows, length, experts)[:1]]) for layer in logits]
+    mask = torch.cat([(weights > 0).float(), torch.tensor([[1.0, 0, 0, 0, 0]])])
+    expected = compat.load_balancing_loss_func(tuple(c.reshape(-1, experts) for c in copies), experts, 2, mask)
+    config = types.SimpleNamespace(get_text_config=lambda: types.SimpleNamespace(num_experts=experts, num_experts_per_tok=2))
+    torch.testing.assert_close(compat.router_aux_loss(tuple(logits), config, weights), expected)
+
+
+def test_backbone_is_what_the_fused_head_runs(tokenizer):
+    """Router logits are read from `backbone_of(model)`'s output: TRL's fused forward must call that module."""
+    from architectures import tiny_model
+
+    model = tiny_model("qwen3_moe", len(tokenizer))
+    compat.add_fused_lm_head(model)
+    seen = []
+    handle = compat.backbone_of(model).register_forward_hook(lambda module, args, output: seen.append(output))
+    ids = torch.tensor([[5, 6, 7]])
+    model(input_ids=ids, shift_labels=torch.tensor([[6, 7, -100]]), fused_lm_head=True, output_router_logits=True)
+    handle.remove()
+    assert len(seen) == 1 and len(seen[0].router_logits) == model.config.num_hidden_layers
+    # The config fields TRL's fused head reads for the aux loss (transformers >= 5.6).
+    assert model.config.get_text_config().num_experts == 4 and model.config.num_experts_per_tok == 2
+
+
+def test_dpo_trainer_decides_the_aux_loss(tokenizer, tmp_path):
+    """`aux_loss_enabled` and `router_aux_loss_coef`, which the loss reads, are set by `DPOTrainer.__init__`."""
+    from architectures import tiny_model
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    row = {"prompt": "The user listened to Muse. Next:", "chosen": " Air", "rejected": " Moby"}
+    args = DPOConfig(str(tmp_path), report_to=[], use_cpu=True, bf16=False, router_aux_loss_coef=0.25)
+    trainer = DPOTrainer(model=tiny_model("qwen3_moe", len(tokenizer)), ref_model=tiny_model("qwen3_moe", len(tokenizer)),
+                         args=args, train_dataset=Dataset.from_list([row]), processing_class=tokenizer)  # fmt: skip
+    assert trainer.aux_loss_enabled is True and trainer.router_aux_loss_coef == 0.25
+
+
+def test_prompt_learning_state_and_forward(make_model):
+    """`active_prompt_learning` reads PEFT's active config and `_adapters_disabled`; PEFT's prompt-learning forward
+    calls its base model as a module (so a forward pre-hook sees the virtual tokens) and, given no attention mask,
+    passes none."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = make_model()
+    compat.add_fused_lm_head(model)
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    assert compat.active_prompt_learning(peft_model) == ("PROMPT_TUNING", 3)
+    assert compat.active_prompt_learning(types.SimpleNamespace(module=peft_model)) == ("PROMPT_TUNING", 3)  # DDP
+    with peft_model.disable_adapter():
+        assert compat.active_prompt_learning(peft_model) is None
+    assert compat.active_prompt_learning(make_model()) is None
+    seen = {}
+    handle = peft_model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
+    peft_model(input_ids=torch.tensor([[5, 6]]), shift_labels=torch.tensor([[-100] * 3 + [6, -100]]), fused_lm_head=True)
+    handle.remove()
+    assert seen["inputs_embeds"].shape[1] == 5 and seen["attention_mask"] is None

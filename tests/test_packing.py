@@ -7,7 +7,9 @@ Layout:
   prompt+completion at a time), for Qwen2 and Llama, eager and sdpa, batch > 1, K varying across rows;
 * trainer level: `shared_prefix` True and False give the same loss and gradients, with an explicit reference
   model and with a PEFT LoRA adapter turned off as the reference, with and without precomputed reference log-probs;
-* the fallback to naive rows for attention kernels that take no 4-D mask.
+* the fallback to naive rows for attention kernels that take no 4-D mask (architectures: tests/test_architectures.py);
+* per-completion statistics (entropy, mean logit, top-1 hits, token counts) against a slow reference, and the CPU
+  compact head inside the forward.
 """
 
 import copy
@@ -339,8 +341,8 @@ def test_precomputed_reference_equals_live_reference(tokenizer, tmp_path):
 # ---------------------------------------------------------------------------------------------------- fallback
 
 
-def fake_model(impl):
-    return types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation=impl))
+def fake_model(impl, model_type="qwen2"):
+    return types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type, _attn_implementation=impl))
 
 
 def test_can_pack():
@@ -349,7 +351,7 @@ def test_can_pack():
     assert can_pack(types.SimpleNamespace(module=fake_model("sdpa")))  # DDP-wrapped
 
 
-def test_flash_attention_falls_back_to_naive_rows(caplog):
+def test_flash_attention_falls_back_to_naive_rows(caplog, tokenizer, tmp_path):
     from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 
     once = getattr(logging.Logger, "warning_once", None)  # transformers' per-message cache: warn again here
@@ -362,14 +364,16 @@ def test_flash_attention_falls_back_to_naive_rows(caplog):
     assert "flash_attention_2" in caplog.text and "shared_prefix" in caplog.text
     assert resolve(fake_model("eager"), args) is True
     assert resolve(fake_model("sdpa"), args) is True
-    # A model given by name: the attention implementation comes from `model_init_kwargs` (sdpa by default).
-    assert resolve("some/model", args) is True
+    # A model given by name: its config is read, the attention implementation comes from `model_init_kwargs` (sdpa by
+    # default).
+    build_tiny_model(tokenizer).save_pretrained(tmp_path / "tiny")
+    assert resolve(str(tmp_path / "tiny"), args) is True
     named = DynamicPOConfig(
         output_dir="unused", report_to=[], bf16=False, use_cpu=True,
         model_init_kwargs={"attn_implementation": "flash_attention_3"},
     )
     with caplog.at_level(logging.WARNING):
-        assert resolve("some/model", named) is False
+        assert resolve(str(tmp_path / "tiny"), named) is False
     assert "flash_attention_3" in caplog.text
     off = DynamicPOConfig(output_dir="unused", report_to=[], bf16=False, use_cpu=True, shared_prefix=False)
     assert resolve(fake_model("sdpa"), off) is False
@@ -400,3 +404,75 @@ def test_trainer_with_unpackable_attention_uses_naive_rows(tokenizer, tmp_path):
     loss_packed, _, _ = loss_and_grads(packed)
     assert "attention_mask" in batch and "segment_ids" not in batch
     torch.testing.assert_close(loss_fallback, loss_packed, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- per-completion stats
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["packed", "naive"])
+def test_completion_stats_match_a_slow_reference(shared):
+    """Entropy, mean logit and top-1 hits summed per completion, token counts and naive row lengths (what the
+    trainer logs as TRL's `entropy`, `logits/*`, `mean_token_accuracy`, `num_tokens`). A vocabulary of 12 tokens,
+    the chosen answers being the model's own greedy continuations (all top-1 hits)."""
+    from architectures import tiny_model
+
+    from trl_dynamicpo.compat import add_fused_lm_head
+    from trl_dynamicpo.packing import forward_completions
+
+    model = tiny_model("llama", 12, seed=9)
+    reference = copy.deepcopy(model)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    examples = random_examples(12, ks=(3, 1, 2), seed=10)
+    for ex in examples:
+        with torch.no_grad():
+            greedy = reference.generate(torch.tensor([ex["prompt_ids"]]), max_new_tokens=2, do_sample=False)
+        ex["chosen_ids"] = greedy[0, len(ex["prompt_ids"]) :].tolist()
+    with torch.no_grad():
+        out = forward_completions(model, DataCollatorForMultiNegative(pad_token_id=PAD, shared_prefix=shared)(examples))
+    expected = {key: torch.zeros(3, 4) for key in ("entropy", "mean_logits", "top1", "num_tokens", "sequence_tokens")}
+    with torch.no_grad():
+        for b, ex in enumerate(examples):
+            for c, comp in enumerate([ex["chosen_ids"], *ex["rejected_ids"]]):
+                prompt = ex["prompt_ids"]
+                logits = reference(input_ids=torch.tensor([prompt + comp])).logits[0, len(prompt) - 1 : -1].double()
+                logprobs = logits.log_softmax(-1)
+                expected["entropy"][b, c] = float(-(logprobs.exp() * logprobs).sum())
+                expected["mean_logits"][b, c] = float(logits.mean(-1).sum())
+                expected["top1"][b, c] = float((logits.argmax(-1) == torch.tensor(comp)).sum())
+                expected["num_tokens"][b, c] = len(comp)
+                expected["sequence_tokens"][b, c] = len(prompt) + len(comp)
+    assert torch.equal(expected["top1"][:, 0], expected["num_tokens"][:, 0]) and expected["top1"][:, 1:].sum() < expected["num_tokens"][:, 1:].sum()
+    for key, value in expected.items():
+        torch.testing.assert_close(getattr(out, key).float(), value, atol=1e-5, rtol=0, msg=key)
+    assert out.aux_loss is None
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_forward_projects_only_labelled_positions_on_cpu(tokenizer, monkeypatch, disabled):
+    """Our forward runs inside `compact_lm_head_on_cpu` (no context manager to remember): TRL's switch is on during
+    the forward only, unless `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0`, and the log-probs are those of TRL's full projection."""
+    from trl_dynamicpo import compat
+    from trl_dynamicpo.packing import COMPACT_HEAD_ENV
+
+    if disabled:
+        monkeypatch.setenv(COMPACT_HEAD_ENV, "0")
+    utils = compat.trl_utils_module()
+    original = getattr(utils, compat.USE_TRITON_ATTRIBUTE)
+    model = build_tiny_model(tokenizer, seed=11).eval()
+    ensure_fused_lm_head(model)
+    seen = []
+    model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(getattr(utils, compat.USE_TRITON_ATTRIBUTE)(torch.device("cpu")))
+    )
+    batch = DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id, shared_prefix=False)(
+        random_examples(len(tokenizer), ks=(2, 1), seed=12)
+    )
+    with torch.no_grad():
+        ours = completion_logps(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     shift_labels=batch["shift_labels"], fused_lm_head=True).log_probs  # fmt: skip
+    assert seen == [not disabled, False]
+    assert getattr(utils, compat.USE_TRITON_ATTRIBUTE) is original
+    slots = batch["completion_slot"]
+    for slot in range(ours.numel()):
+        torch.testing.assert_close(ours.view(-1)[slot], full[slots == slot].sum(), atol=ATOL, rtol=0)

@@ -9,6 +9,7 @@ test instead of silently turning a feature off. Public, top-level names (`trl.DP
 from __future__ import annotations
 
 import trl.trainer.utils as _trl_utils
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
 from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
@@ -16,18 +17,24 @@ from trl.trainer.utils import add_fused_lm_head, create_model_from_path, get_con
 
 
 __all__ = [
+    "INPUT_PREFIX_PEFT_TYPES",
+    "KEY_PREFIX_PEFT_TYPES",
     "USE_TRITON_ATTRIBUTE",
     "_tokenize",
+    "active_prompt_learning",
     "add_fused_lm_head",
     "attention_implementation",
+    "backbone_of",
     "common_prefix_length",
     "create_model_from_path",
     "disable_gradient_checkpointing",
     "extract_prompt",
     "get_config_model_id",
     "has_fused_lm_head",
+    "load_balancing_loss_func",
     "pad",
     "prepare_deepspeed",
+    "router_aux_loss",
     "trl_utils_module",
     "use_adapter",
 ]
@@ -54,3 +61,51 @@ def attention_implementation(model) -> str:
     """The attention kernel a (possibly DDP-wrapped) model runs (`config._attn_implementation`)."""
     model = getattr(model, "module", model)
     return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def backbone_of(model):
+    """The module TRL's fused LM head runs before its head: `base_model` of the (PEFT-, DDP-unwrapped) causal LM."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.base_model
+
+
+def router_aux_loss(router_logits, config, token_weights):
+    """MoE load-balancing loss as TRL's fused LM head computes it, each token weighted by `token_weights`.
+
+    TRL 1.16 calls Mixtral's `load_balancing_loss_func` (the one every MoE family shares) with the model's
+    `num_experts` / `num_experts_per_tok` and the 2-D attention mask, which the function flattens and uses as
+    per-token weights; a token counted w times is a token of weight w (`tests/test_compat.py`).
+
+    Args:
+        router_logits: the backbone's `router_logits` (one (rows * length, num_experts) tensor per MoE layer).
+        config: the model's config.
+        token_weights: (rows, length) weight of each position (0 for padding).
+    """
+    text_config = config.get_text_config()
+    return load_balancing_loss_func(
+        router_logits, text_config.num_experts, text_config.num_experts_per_tok, token_weights
+    )
+
+
+# PEFT prompt learning: virtual tokens prepended to the input embeddings (prompt tuning, P-tuning) or as a key/value
+# cache prefix (prefix tuning, cartridges).
+INPUT_PREFIX_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+KEY_PREFIX_PEFT_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
+
+
+def active_prompt_learning(model) -> tuple[str, int] | None:
+    """`(peft_type, num_virtual_tokens)` of a PEFT model's active prompt-learning adapter.
+
+    `None` for other models and adapters, and while the adapters are disabled (PEFT's `disable_adapter` sets
+    `_adapters_disabled` and runs the base model's forward directly: no virtual tokens).
+    """
+    model = getattr(model, "module", model)
+    if not hasattr(model, "active_peft_config") or getattr(model, "_adapters_disabled", False):
+        return None
+    config = model.active_peft_config
+    if not config.is_prompt_learning:
+        return None
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    return str(peft_type), int(config.num_virtual_tokens)

@@ -8,8 +8,14 @@ Two layouts carry the same information:
   positions continue from the prompt's. So each block predicts its own first token with TRL's next-token fused LM
   head, and every completion's log-probability equals that of the naive row `prompt + completion`. Tokens per
   example: P + (K + 1)(C + 1) instead of (K + 1)(P + C).
-* **naive**: one row `prompt + completion` per completion, as TRL's collator builds them (the reference layout
-  and the fallback for attention kernels that take no custom 4-D mask).
+* **naive**: one row `prompt + completion` per completion, as TRL's collator builds them (the reference layout,
+  and the fallback wherever packing cannot be shown to be exact: `packing_obstacle`).
+
+Packing is exact when every layer is causal self-attention between per-token layers and positions come from
+`position_ids`. Sliding-window layers get a windowed block mask (a block sees the last `window` positions of prompt +
+itself, as in its naive row; one mask per layer type when full and sliding layers alternate). Convolution,
+state-space and linear-attention layers, ALiBi, attention kernels without custom masks, and architectures not in
+`PACKABLE_MODEL_TYPES` (those `tests/test_architectures.py` verifies) use naive rows, with one warning.
 
 Both give `shift_labels` (the token each position predicts, -100 elsewhere) and `completion_slot` (which of the
 example's completions the label belongs to, as `example * (K_max + 1) + c`, c = 0 for the chosen one), so that
@@ -24,17 +30,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers.data.data_collator import DataCollatorMixin
+from transformers.utils import logging
 
 from .compat import (
+    INPUT_PREFIX_PEFT_TYPES,
+    KEY_PREFIX_PEFT_TYPES,
     USE_TRITON_ATTRIBUTE,
+    active_prompt_learning,
     add_fused_lm_head,
     attention_implementation,
+    backbone_of,
     has_fused_lm_head,
     pad,
     trl_utils_module,
 )
+from .compat import router_aux_loss as router_aux_loss_of
 
+
+logger = logging.get_logger(__name__)
 
 PACKABLE_ATTENTION = ("eager", "sdpa")
 
@@ -113,26 +128,163 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
         return batch
 
 
-def block_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """(rows, 1, L, L) mask for the packed layout: causal, and a completion block sees the prompt and itself only.
+def block_attention_mask(
+    segment_ids: torch.Tensor,
+    attn_implementation: str,
+    dtype: torch.dtype,
+    *,
+    position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    num_prefix_keys: int = 0,
+) -> torch.Tensor:
+    """(rows, 1, L, num_prefix_keys + L) mask for the packed layout: causal, a completion block sees the prompt and itself.
 
-    `sdpa` takes a boolean mask (True = attend); `eager` an additive float mask of `dtype`. Padding positions
-    also attend to themselves, so that no softmax row is empty (their outputs are never read).
+    `sdpa` takes a boolean mask (True = attend); `eager` an additive float mask of `dtype`. Padding positions also
+    attend to themselves, so that no softmax row is empty (their outputs are never read).
+
+    Args:
+        segment_ids: (rows, L) 0 for the prompt, c + 1 for completion block c, -1 for padding.
+        position_ids: (rows, L) positions of the tokens; needed with `sliding_window`.
+        sliding_window: a query sees only the keys less than `sliding_window` positions before it (transformers'
+            convention: `q - k < window`). Positions are those of the naive row, so each block sees the last
+            `window` positions of prompt + itself, exactly as in its naive row.
+        num_prefix_keys: keys that precede the row (PEFT prefix tuning's virtual tokens, at positions
+            `0 .. num_prefix_keys - 1`, the row's positions then start after them): every query sees them.
     """
-    length = segment_ids.size(1)
-    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = causal & ((key == 0) | (key == query)) & (key >= 0)
-    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device) & (query < 0)
+    rows, length = segment_ids.shape
+    device = segment_ids.device
+    key_segments = F.pad(segment_ids, (num_prefix_keys, 0), value=0)
+    query, key = segment_ids[:, :, None], key_segments[:, None, :]
+    query_index = torch.arange(length, device=device)[:, None] + num_prefix_keys
+    key_index = torch.arange(length + num_prefix_keys, device=device)[None, :]
+    allowed = (key_index <= query_index) & ((key == 0) | (key == query)) & (key >= 0)
+    if sliding_window is not None:
+        if position_ids is None:
+            raise ValueError("A sliding-window block mask needs the position ids of the packed row.")
+        prefix_positions = torch.arange(num_prefix_keys, device=device).expand(rows, num_prefix_keys)
+        key_positions = torch.cat([prefix_positions, position_ids], dim=1)
+        allowed &= (position_ids[:, :, None] - key_positions[:, None, :]) < sliding_window
+    allowed |= (key_index == query_index) & (query < 0)
     allowed = allowed[:, None]
     if attn_implementation == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+# Architectures whose packed rows are checked, in tests/test_architectures.py, to give the naive rows' log-probs: every
+# layer is causal self-attention (full, or a sliding window the block mask reproduces) between per-token layers, and
+# positions come from `position_ids` (rotary or learned absolute embeddings). Packing a model type that is not listed
+# cannot be shown to be exact, so such models are scored in naive rows.
+PACKABLE_MODEL_TYPES = frozenset(
+    {
+        "cohere",
+        "cohere2",
+        "deepseek_v3",
+        "falcon",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "glm4",
+        "glm4_moe",
+        "gpt2",
+        "gpt_neox",
+        "gpt_oss",
+        "granite",
+        "granitemoe",
+        "llama",
+        "ministral",
+        "mistral",
+        "mixtral",
+        "olmo",
+        "olmo2",
+        "olmo3",
+        "opt",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "smollm3",
+        "starcoder2",
+    }
+)
+# Layer types (`config.layer_types`) the block mask reproduces; any other type (convolution, state-space, linear or
+# chunked attention) mixes positions outside the attention mask.
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Per-token layer types that hybrid configs list next to their attention layers.
+_PER_TOKEN_LAYER_TYPES = ("mlp", "moe")
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / DeepSpeed engines
+
+
+def attention_windows(config) -> dict[str, int | None]:
+    """Sliding window of each attention layer type of a model (`None`: full causal attention).
+
+    Read as transformers builds its masks: `config.layer_types` when the config has them (a `"sliding_attention"`
+    layer uses `config.sliding_window`), otherwise one type for every layer, windowed when `config.sliding_window`
+    is set (Mistral, Phi-3, Starcoder2).
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None) or None
+    layer_types = getattr(config, "layer_types", None)
+    if not layer_types:
+        return {"sliding_attention": window} if window is not None else {"full_attention": None}
+    types = dict.fromkeys(t for t in layer_types if t in ATTENTION_LAYER_TYPES) or {"full_attention": None}
+    return {t: (window if t == "sliding_attention" else None) for t in types}
+
+
+def packing_obstacle(config, attn_implementation: str | None) -> str | None:
+    """Why packed rows would not give this model's naive log-probs (`None` when they do).
+
+    Args:
+        config: the model's config (a composite config is read at its top level: its `model_type` decides).
+        attn_implementation: the attention kernel the model runs (`config._attn_implementation`).
+    """
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    model_type = getattr(config, "model_type", None)
+    if attn_implementation not in PACKABLE_ATTENTION:
+        return (
+            f"the model's attention implementation {attn_implementation!r} takes no custom 4-D mask "
+            f"(packing needs {' or '.join(PACKABLE_ATTENTION)})"
+        )
+    if getattr(text_config, "alibi", False) or model_type in ("bloom", "mpt"):
+        return f"{model_type} adds ALiBi biases computed from token distances in the row, not from position ids"
+    types = set(getattr(text_config, "layer_types", None) or ())
+    mixing = sorted(types - set(ATTENTION_LAYER_TYPES) - set(_PER_TOKEN_LAYER_TYPES))
+    if mixing:
+        return (
+            f"{model_type} has {'/'.join(map(repr, mixing))} layers (convolution, state-space or linear attention), "
+            "which mix positions regardless of the attention mask"
+        )
+    if getattr(text_config, "use_bidirectional_attention", False):
+        return f"{model_type} is configured with bidirectional attention"
+    if model_type not in PACKABLE_MODEL_TYPES:
+        return (
+            f"architecture {model_type!r} is not among those whose packed rows are verified to give the naive "
+            "log-probs (trl_dynamicpo.packing.PACKABLE_MODEL_TYPES)"
+        )
+    return None
+
+
 def can_pack(model) -> bool:
-    """Whether the model's attention kernel takes the custom 4-D mask the packed layout needs."""
-    return attention_implementation(model) in PACKABLE_ATTENTION
+    """Whether the packed layout scores `model` (possibly PEFT- or DDP-wrapped) exactly as naive rows do."""
+    return packing_obstacle(_unwrap(model).config, attention_implementation(model)) is None
+
+
+def resolve_shared_prefix(config, attn_implementation: str | None, requested: bool = True) -> bool:
+    """`requested`, unless the model cannot be packed exactly: then warn once with the reason and return False."""
+    if not requested:
+        return False
+    obstacle = packing_obstacle(config, attn_implementation)
+    if obstacle is not None:
+        logger.warning_once(
+            f"shared_prefix=True: {obstacle}, so each completion is scored in its own prompt+completion row (naive "
+            "layout: the same log-probs, more compute)."
+        )
+    return obstacle is None
 
 
 def ensure_fused_lm_head(model) -> None:
@@ -177,30 +329,178 @@ def compact_lm_head_on_cpu():
         setattr(trl_utils, USE_TRITON_ATTRIBUTE, original)
 
 
-def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-probability of every completion in a collated batch, as a (B, K_max + 1) tensor.
+@dataclass
+class CompletionOutput:
+    """One forward over a collated batch, per completion: every tensor is (B, K_max + 1), column 0 the chosen
+    completion, columns 1.. the negatives (0 at padding negatives).
 
-    Column 0 is the chosen completion, columns 1.. the negatives (0 at padding). The model must carry TRL's fused
-    LM head (`ensure_fused_lm_head`), so only the labelled positions are projected onto the vocabulary.
+    `entropy`, `mean_logits` and `top1` are sums over the completion's tokens of what the fused LM head computes
+    (`None` when the head was added without them; `DPOTrainer` adds them to the policy); `aux_loss` is the MoE
+    router load-balancing loss of the batch (`None` unless asked for).
     """
+
+    logps: torch.Tensor
+    num_tokens: torch.Tensor  # completion tokens
+    sequence_tokens: torch.Tensor  # tokens of the naive row prompt + completion (what TRL's `num_tokens` counts)
+    entropy: torch.Tensor | None = None
+    mean_logits: torch.Tensor | None = None
+    top1: torch.Tensor | None = None  # completion tokens that are the model's top-1 prediction
+    aux_loss: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def _forward_hooks(module, pre=None, post=None):
+    handles = []
+    if pre is not None:
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+    if post is not None:
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _packed_masks(model, segment_ids, position_ids, num_prefix_keys):
+    """The block mask per attention layer type: one tensor, or a dict keyed by layer type when windows differ."""
+    impl = attention_implementation(model)
+    by_window = {}
+    masks = {}
+    for layer_type, window in attention_windows(_unwrap(model).config).items():
+        if window not in by_window:
+            by_window[window] = block_attention_mask(
+                segment_ids,
+                impl,
+                torch.float32,
+                position_ids=position_ids,
+                sliding_window=window,
+                num_prefix_keys=num_prefix_keys,
+            )
+        masks[layer_type] = by_window[window]
+    return next(iter(masks.values())) if len(by_window) == 1 else masks
+
+
+def _model_inputs(model, batch, input_prefix: int, key_prefix: int, prompt_learning: bool):
+    """The model's keyword arguments for a collated batch, and those to hand to the model under PEFT's
+    prompt-learning forward (which extends 2-D masks only): the packed layout's block mask and positions, extended to
+    the virtual tokens (prompt tuning: a prefix of the shared prompt; prefix tuning: keys before every query)."""
     inputs = {
         "input_ids": batch["input_ids"],
-        "position_ids": batch["position_ids"],
-        "shift_labels": batch["shift_labels"],
+        # Prompt tuning prepends outputs for its virtual tokens; PEFT extends `labels` for them, not `shift_labels`.
+        "shift_labels": F.pad(batch["shift_labels"], (input_prefix, 0), value=-100),
         "fused_lm_head": True,
         "use_cache": False,
     }
-    if "segment_ids" in batch:
-        impl = attention_implementation(model)
-        inputs["attention_mask"] = block_attention_mask(batch["segment_ids"], impl, torch.float32)
-    else:
+    if hasattr(_unwrap(model).config.get_text_config(), "output_router_logits"):
+        # Else the fused head computes the aux loss from the attention mask, and a block mask crashes it; router
+        # logits are read from the backbone instead (`forward_completions`).
+        inputs["output_router_logits"] = False
+    if "segment_ids" not in batch:
         inputs["attention_mask"] = batch["attention_mask"]
-    per_token = model(**inputs).log_probs
+        if not input_prefix:  # PEFT drops (with a warning) the position ids of prompt tuning: its rows count from 0
+            inputs["position_ids"] = batch["position_ids"]
+        return inputs, {}
+    segments, positions = batch["segment_ids"], batch["position_ids"]
+    if input_prefix:
+        segments = F.pad(segments, (input_prefix, 0), value=0)
+        prefix_positions = torch.arange(input_prefix, device=positions.device).expand(positions.size(0), -1)
+        positions = torch.cat([prefix_positions, positions + input_prefix], dim=1)
+    positions = positions + key_prefix
+    packed = {"attention_mask": _packed_masks(model, segments, positions, key_prefix), "position_ids": positions}
+    if prompt_learning:
+        return inputs, packed
+    return {**inputs, **packed}, {}
+
+
+def _router_token_weights(batch, input_prefix: int) -> torch.Tensor:
+    """How many times each position occurs in the naive rows (TRL's aux-loss mask): a packed prompt position (and a
+    virtual token) once per completion sharing it, a completion position once, padding never."""
+    if "segment_ids" in batch:
+        shared = (1 + batch["rejected_mask"].sum(dim=1, keepdim=True)).float()
+        segments = batch["segment_ids"]
+        weights = torch.where(segments == 0, shared, (segments > 0).float())
+    else:
+        weights = batch["attention_mask"].float()
+        shared = weights.new_ones(weights.size(0), 1)
+    return torch.cat([shared.expand(-1, input_prefix), weights], dim=1)
+
+
+def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_loss: bool = False) -> CompletionOutput:
+    """Run `model` once over a collated batch (packed or naive rows) and sum its outputs per completion.
+
+    The model must carry TRL's fused LM head (`ensure_fused_lm_head`), so only labelled positions are projected onto
+    the vocabulary (on CPU too: the forward runs inside `compact_lm_head_on_cpu`). PEFT prompt tuning, P-tuning and
+    prefix tuning work in both layouts.
+
+    Args:
+        model: the causal LM (PEFT-, DDP-wrapped models work).
+        batch: the output of `DataCollatorForMultiNegative`, on the model's device.
+        router_aux_loss: also return the MoE load-balancing loss, computed as TRL's fused head does over the naive
+            rows: in packed rows a prompt position counts once per completion that shares it, so packed and naive
+            layouts give the same value, and padding counts for nothing.
+    """
+    peft_type, num_virtual = active_prompt_learning(model) or (None, 0)
+    if peft_type is not None and peft_type not in INPUT_PREFIX_PEFT_TYPES + KEY_PREFIX_PEFT_TYPES:
+        raise ValueError(
+            f"PEFT {peft_type} is not supported: of the prompt-learning methods, DynamicPO scores completions with "
+            f"{', '.join(INPUT_PREFIX_PEFT_TYPES + KEY_PREFIX_PEFT_TYPES)}."
+        )
+    input_prefix = num_virtual if peft_type in INPUT_PREFIX_PEFT_TYPES else 0
+    key_prefix = num_virtual if peft_type in KEY_PREFIX_PEFT_TYPES else 0
+    inputs, under_peft = _model_inputs(model, batch, input_prefix, key_prefix, prompt_learning=peft_type is not None)
+    captured = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(compact_lm_head_on_cpu())
+        if under_peft:
+            stack.enter_context(
+                _forward_hooks(_unwrap(model).get_base_model(), pre=lambda mod, args, kw: (args, {**kw, **under_peft}))
+            )
+        if router_aux_loss:
+            stack.enter_context(
+                _forward_hooks(
+                    backbone_of(model),
+                    pre=lambda mod, args, kw: (args, {**kw, "output_router_logits": True}),
+                    post=lambda mod, args, kw, output: captured.update(router_logits=output.router_logits),
+                )
+            )
+        outputs = model(**inputs)
+
     slots = batch["completion_slot"]
-    per_token = per_token[:, -slots.size(1) :]  # prompt-learning PEFT prepends virtual tokens
     batch_size, k_max = batch["rejected_mask"].shape
     n_slots = batch_size * (k_max + 1)
     # Unlabelled positions go to an extra slot that is dropped, so the shapes never depend on the data.
     index = torch.where(slots >= 0, slots, n_slots).reshape(-1)
-    sums = per_token.new_zeros(n_slots + 1).scatter_add(0, index, per_token.reshape(-1))
-    return sums[:n_slots].view(batch_size, k_max + 1)
+
+    def per_completion(per_token, reduce="sum"):
+        if per_token is None:
+            return None
+        per_token = per_token[:, -slots.size(1) :]  # prompt tuning prepends virtual positions
+        per_token = per_token.float() if per_token.dtype == torch.bool else per_token
+        out = per_token.new_zeros(n_slots + 1).scatter_reduce(0, index, per_token.reshape(-1), reduce=reduce)
+        return out[:n_slots].view(batch_size, k_max + 1)
+
+    num_tokens = per_completion(batch["shift_labels"] != -100)
+    # A completion's last labelled position is P + C - 2 in its naive row of P + C tokens.
+    sequence_tokens = torch.where(num_tokens > 0, per_completion(batch["position_ids"], reduce="amax") + 2, 0)
+    aux_loss = None
+    if router_aux_loss:
+        weights = _router_token_weights(batch, input_prefix)
+        aux_loss = router_aux_loss_of(captured["router_logits"], _unwrap(model).config, weights)
+    return CompletionOutput(
+        logps=per_completion(outputs.log_probs),
+        num_tokens=num_tokens,
+        sequence_tokens=sequence_tokens,
+        entropy=per_completion(outputs.entropy),
+        mean_logits=per_completion(outputs.mean_logits),
+        top1=per_completion(outputs.is_top1),
+        aux_loss=aux_loss,
+    )
+
+
+def completion_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed log-probability of every completion in a collated batch, as a (B, K_max + 1) tensor.
+
+    Column 0 is the chosen completion, columns 1.. the negatives (0 at padding). See `forward_completions`.
+    """
+    return forward_completions(model, batch).logps

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .packing import DataCollatorForMultiNegative, can_pack, completion_logps, ensure_fused_lm_head
+from .compat import attention_implementation
+from .packing import DataCollatorForMultiNegative, completion_logps, ensure_fused_lm_head, resolve_shared_prefix
 from .preprocessing import is_conversational_prompt, tokenize_completions
 
 
@@ -24,8 +25,10 @@ def score_completions(
     """Summed log-probability of every completion after its prompt: `log pi(completion | prompt)`.
 
     Tokenization is the trainer's (TRL's common-prefix convention, EOS appended to standard-format completions),
-    so scores match the quantities DynamicPO trains on. With `shared_prefix` (and an eager or sdpa model) each
-    prompt is run once for all its completions.
+    so scores match the quantities DynamicPO trains on. With `shared_prefix` each prompt is run once for all its
+    completions, where that gives the naive rows' scores (`trl_dynamicpo.packing.packing_obstacle`: eager or sdpa
+    attention, a verified architecture without convolution / state-space layers or ALiBi); otherwise (with one
+    warning) each completion gets its own row.
 
     Args:
         model: a causal LM (PEFT-wrapped models work). It runs in eval mode (its mode is restored afterwards) and
@@ -35,7 +38,7 @@ def score_completions(
         completions: N lists of completions (strings, or message lists for conversational prompts); the lists may
             have different lengths.
         batch_size: prompts per forward pass.
-        shared_prefix: pack each prompt with all its completions in one row.
+        shared_prefix: pack each prompt with all its completions in one row (where exact).
         show_progress: show a progress bar.
         desc: progress bar label.
 
@@ -48,7 +51,9 @@ def score_completions(
     model.eval()
     ensure_fused_lm_head(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = DataCollatorForMultiNegative(pad_token_id=pad_id, shared_prefix=shared_prefix and can_pack(model))
+    config = getattr(model, "module", model).config
+    shared_prefix = resolve_shared_prefix(config, attention_implementation(model), shared_prefix)
+    collator = DataCollatorForMultiNegative(pad_token_id=pad_id, shared_prefix=shared_prefix)
     device = next(model.parameters()).device
     scores: list[list[float]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not show_progress):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from accelerate.utils import is_peft_model, tqdm
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.utils import logging
 from trl import DPOTrainer
 
@@ -30,35 +30,66 @@ from .compat import (
 )
 from .config import DynamicPOConfig
 from .losses import multi_negative_loss
-from .packing import DataCollatorForMultiNegative, can_pack, completion_logps
+from .packing import DataCollatorForMultiNegative, completion_logps, forward_completions, resolve_shared_prefix
 from .preprocessing import prepare_preference_dataset
 
 
 logger = logging.get_logger(__name__)
 
-# Per-step metrics, in the column order of `_step_metrics`. Keys shared with `trl.DPOTrainer` come first.
-METRIC_KEYS = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "dynamicpo/boundary_negatives",
-    "dynamicpo/clustering_fallback",
-    "dynamicpo/beta_mean",
-    "dynamicpo/beta_min",
-    "dynamicpo/beta_max",
-    "dynamicpo/d_pb",
-    "dynamicpo/d_be",
-    "dynamicpo/boundary_grad_share",
-)
-_REDUCE_MIN, _REDUCE_MAX = METRIC_KEYS.index("dynamicpo/beta_min"), METRIC_KEYS.index("dynamicpo/beta_max")
-
-
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+# Every logged metric once: (key, value, reduction). The value is read from the step's `CompletionOutput` `o`, the
+# loss statistics `s` and the valid-negative mask `v`, per example. Reductions, over the examples of a step (gathered
+# across processes) and then over the steps of a logging period:
+#   "mean": means of both; "min" / "max": extremes of both;
+#   "tokens": a (numerator, denominator) pair, the ratio of their sums within a step (token-weighted, as TRL's
+#       `entropy`, `logits/*` and `mean_token_accuracy`), then the mean over the steps;
+#   "total": a count summed over the training steps so far (TRL's `num_tokens`: the tokens of the prompt+completion
+#       sequences, so packed and naive rows report the same number).
+# Keys shared with `trl.DPOTrainer` come first, with its definitions (equal to its values at K = 1).
+METRICS = (
+    ("rewards/chosen", lambda o, s, v: s["chosen_rewards"], "mean"),
+    ("rewards/rejected", lambda o, s, v: _masked_mean(s["rejected_rewards"], v), "mean"),
+    ("rewards/accuracies", lambda o, s, v: s["reward_accuracy"], "mean"),
+    ("rewards/margins", lambda o, s, v: s["chosen_rewards"] - _masked_mean(s["rejected_rewards"], v), "mean"),
+    ("logps/chosen", lambda o, s, v: o.logps[:, 0], "mean"),
+    ("logps/rejected", lambda o, s, v: _masked_mean(o.logps[:, 1:], v), "mean"),
+    ("entropy", lambda o, s, v: (o.entropy.sum(dim=1), o.num_tokens.sum(dim=1)), "tokens"),
+    ("logits/chosen", lambda o, s, v: (o.mean_logits[:, 0], o.num_tokens[:, 0]), "tokens"),
+    ("logits/rejected", lambda o, s, v: (o.mean_logits[:, 1:].sum(dim=1), o.num_tokens[:, 1:].sum(dim=1)), "tokens"),
+    ("mean_token_accuracy", lambda o, s, v: (o.top1[:, 0], o.num_tokens[:, 0]), "tokens"),
+    ("num_tokens", lambda o, s, v: o.sequence_tokens.sum(dim=1), "total"),
+    ("dynamicpo/boundary_negatives", lambda o, s, v: s["boundary_mask"].sum(dim=1), "mean"),
+    ("dynamicpo/clustering_fallback", lambda o, s, v: s["used_clustering"], "mean"),
+    ("dynamicpo/beta_mean", lambda o, s, v: _masked_mean(s["betas"], s["selected_mask"]), "mean"),
+    (
+        "dynamicpo/beta_min",
+        lambda o, s, v: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).max).amin(dim=1),
+        "min",
+    ),
+    (
+        "dynamicpo/beta_max",
+        lambda o, s, v: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).min).amax(dim=1),
+        "max",
+    ),
+    ("dynamicpo/d_pb", lambda o, s, v: _masked_mean(s["d_pb"], s["boundary_mask"]), "mean"),
+    ("dynamicpo/d_be", lambda o, s, v: _masked_mean(s["d_be"], s["boundary_mask"]), "mean"),
+    ("dynamicpo/boundary_grad_share", lambda o, s, v: s["boundary_grad_share"], "mean"),
+)
+METRIC_KEYS = tuple(key for key, _, _ in METRICS)
+# Logged only for MoE models whose router auxiliary loss is enabled (TRL's `aux_loss`, a per-step mean).
+AUX_LOSS_KEY = "aux_loss"
+_REDUCTIONS = {key: reduction for key, _, reduction in METRICS} | {AUX_LOSS_KEY: "mean"}
+_OVER_STEPS = {
+    "mean": lambda steps: steps.mean(dim=0),
+    "tokens": lambda steps: steps.mean(dim=0),
+    "min": lambda steps: steps.amin(dim=0),
+    "max": lambda steps: steps.amax(dim=0),
+    "total": lambda steps: steps[-1],
+}
 
 
 class DynamicPOTrainer(DPOTrainer):
@@ -193,20 +224,21 @@ class DynamicPOTrainer(DPOTrainer):
 
     @staticmethod
     def _resolve_shared_prefix(model, args: DynamicPOConfig) -> bool:
-        """Packed rows need an attention kernel that takes a custom 4-D mask; fall back to naive rows otherwise."""
+        """Packed rows only where they provably give the naive rows' log-probs (`packing_obstacle`: attention kernel,
+        layer types, positions, verified architecture); naive rows otherwise, with one warning that says why."""
         if not args.shared_prefix:
             return False
         if isinstance(model, str):
-            impl = (args.model_init_kwargs or {}).get("attn_implementation") or "sdpa"
-            packable = impl in ("eager", "sdpa")
-        else:
-            impl, packable = attention_implementation(model), can_pack(model)
-        if not packable:
-            logger.warning_once(
-                f"shared_prefix=True needs attention that takes a 4-D block mask (eager or sdpa); the model uses "
-                f"{impl!r}, so each completion is scored in its own prompt+completion row (same result, more compute)."
+            init_kwargs = args.model_init_kwargs or {}
+            config = AutoConfig.from_pretrained(
+                model,
+                revision=init_kwargs.get("revision"),
+                trust_remote_code=init_kwargs.get("trust_remote_code", args.trust_remote_code),
             )
-        return packable
+            impl = init_kwargs.get("attn_implementation") or "sdpa"  # transformers' default where the model has it
+        else:
+            config, impl = getattr(model, "module", model).config, attention_implementation(model)
+        return resolve_shared_prefix(config, impl)
 
     # ----------------------------------------------------------------------------------------------- data hooks
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -279,8 +311,9 @@ class DynamicPOTrainer(DPOTrainer):
     # ----------------------------------------------------------------------------------------------- the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        logps = completion_logps(model, inputs)
-        chosen_logps, rejected_logps = logps[:, 0], logps[:, 1:]
+        # `aux_loss_enabled` / `router_aux_loss_coef`: set by DPOTrainer.__init__ from the model and `router_aux_loss_coef`
+        outputs = forward_completions(model, inputs, router_aux_loss=self.aux_loss_enabled)
+        chosen_logps, rejected_logps = outputs.logps[:, 0], outputs.logps[:, 1:]
         if self._reference_free:
             ref_chosen, ref_rejected = None, None
         elif "ref_chosen_logps" in inputs:
@@ -300,51 +333,54 @@ class DynamicPOTrainer(DPOTrainer):
             beta_scale=self.args.beta_scale,
             rejected_mask=inputs["rejected_mask"],
         )
-        self._record_metrics(mode, chosen_logps.detach(), rejected_logps.detach(), inputs["rejected_mask"], stats)
         loss = losses.mean()
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+        self._record_metrics(mode, outputs, inputs["rejected_mask"], stats)
         return (loss, None) if return_outputs else loss
 
-    def _record_metrics(self, mode, chosen_logps, rejected_logps, valid, stats) -> None:
-        """Gather per-example statistics across processes and keep their batch reduction on the device.
+    # Tokens of the training sequences seen so far (TRL's `num_tokens`), kept on the device between logging steps.
+    _train_tokens: torch.Tensor | int = 0
+
+    def _record_metrics(self, mode: str, outputs, valid: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
+        """Reduce the step's `METRICS` over the batch (gathered across processes) and keep them on the device.
 
         Nothing leaves the device here; `log` turns the accumulated tensors into floats once per logging step.
         """
-        boundary, selected = stats["boundary_mask"], stats["selected_mask"]
-        rejected_rewards = _masked_mean(stats["rejected_rewards"], valid)
-        betas = stats["betas"]
-        big = torch.finfo(betas.dtype).max
-        columns = [
-            stats["chosen_rewards"],
-            rejected_rewards,
-            stats["reward_accuracy"],
-            stats["chosen_rewards"] - rejected_rewards,
-            chosen_logps.to(betas.dtype),
-            _masked_mean(rejected_logps.to(betas.dtype), valid),
-            boundary.sum(dim=1).to(betas.dtype),
-            stats["used_clustering"].to(betas.dtype),
-            _masked_mean(betas, selected),
-            betas.masked_fill(~selected, big).amin(dim=1),
-            betas.masked_fill(~selected, -big).amax(dim=1),
-            _masked_mean(stats["d_pb"], boundary),
-            _masked_mean(stats["d_be"], boundary),
-            stats["boundary_grad_share"],
-        ]
-        per_example = self.accelerator.gather_for_metrics(torch.stack(columns, dim=1).float())
-        reduced = per_example.mean(dim=0)
-        reduced[_REDUCE_MIN] = per_example[:, _REDUCE_MIN].min()
-        reduced[_REDUCE_MAX] = per_example[:, _REDUCE_MAX].max()
-        self._step_metrics[mode].append(reduced)
+        columns, entries = [], []  # entries: (key, reduction, columns of `per_example` it reads)
+        for key, value, reduction in METRICS:
+            parts = value(outputs, stats, valid)
+            parts = parts if isinstance(parts, tuple) else (parts,)
+            entries.append((key, reduction, slice(len(columns), len(columns) + len(parts))))
+            columns.extend(part.detach().float() for part in parts)
+        if self.aux_loss_enabled:  # a batch-level scalar: one copy per example, so a plain mean over processes
+            entries.append((AUX_LOSS_KEY, "mean", slice(len(columns), len(columns) + 1)))
+            columns.append(outputs.aux_loss.detach().float().expand(valid.size(0)))
+        per_example = self.accelerator.gather_for_metrics(torch.stack(columns, dim=1))
+        step = {}
+        for key, reduction, span in entries:
+            values = per_example[:, span]
+            if reduction == "tokens":
+                step[key] = values[:, 0].sum() / values[:, 1].sum().clamp(min=1)
+            elif reduction == "total":
+                if mode == "train":
+                    self._train_tokens = self._train_tokens + values.sum()
+                step[key] = torch.as_tensor(self._train_tokens, dtype=torch.float32, device=values.device)
+            else:
+                step[key] = {"mean": torch.mean, "min": torch.amin, "max": torch.amax}[reduction](values)
+        self._step_metrics[mode].append(step)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        if self._step_metrics[mode]:
-            steps = torch.stack(self._step_metrics[mode])
-            values = steps.mean(dim=0)
-            values[_REDUCE_MIN] = steps[:, _REDUCE_MIN].min()
-            values[_REDUCE_MAX] = steps[:, _REDUCE_MAX].max()
-            for key, value in zip(METRIC_KEYS, values.tolist()):
-                self._metrics[mode][key].append(value)
-            self._step_metrics[mode].clear()
+        steps = self._step_metrics[mode]
+        if steps:
+            keys = list(steps[0])
+            values = torch.stack([torch.stack([step[key] for key in keys]) for step in steps])  # (steps, keys)
+            reduced = torch.stack([_OVER_STEPS[_REDUCTIONS[key]](values[:, i]) for i, key in enumerate(keys)])
+            # Added to `logs` directly (with the "eval_" prefix DPOTrainer.log gives its own eval metrics).
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{key}": value for key, value in zip(keys, reduced.tolist())})
+            steps.clear()
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
