@@ -489,3 +489,35 @@ def test_model_revision_also_selects_the_processor(tokenizer, make_model, make_c
     )
     assert "<v2-marker>" in trainer.processing_class.get_vocab()
     assert len(trainer.processing_class) == trainer.model.config.vocab_size
+
+
+# ------------------------------------------------------------------------------- defaults follow the parent
+
+
+def test_train_command_defaults_to_the_paper_beta(tmp_path):
+    import yaml
+
+    from trl_dynamicpo.cli import sft, train
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "model_name_or_path": "m"}))
+    parse = lambda *flags: parse_command("train", train.dataclass_types(), ["--config", str(recipe), *flags])[1]  # noqa: E731
+    assert parse().beta == 1.0  # `trl-dynamicpo train` without a beta: the paper's value
+    assert parse("--beta", "0.3").beta == 0.3
+    assert parse_command("train", train.dataclass_types(), ["--output_dir", str(tmp_path)])[1].beta == 1.0
+    recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "train": {"beta": 0.2}}))
+    assert parse().beta == 0.2
+    assert parse_command("sft", sft.dataclass_types(), ["--config", str(recipe)])[1].output_dir == str(tmp_path / "out")
+
+
+def test_every_paper_recipe_sets_the_paper_beta():
+    from pathlib import Path
+
+    from trl_dynamicpo.cli.parsing import load_recipe, stage_config
+
+    recipes = [p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts]
+    trained = [p for p in recipes if "train" in load_recipe(p)]
+    assert len(trained) >= 7
+    for path in trained:
+        assert stage_config(load_recipe(path), "train").get("beta") == 1.0, path
