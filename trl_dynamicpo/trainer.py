@@ -69,9 +69,13 @@ class DynamicPOTrainer(DPOTrainer):
 
     A drop-in replacement for [`~trl.DPOTrainer`]: same constructor, same model/PEFT/quantization handling, same
     logging. The dataset has `prompt`, `chosen` and `rejected` columns where `rejected` is a list of K >= 1
-    negatives (K may differ between rows) or a single completion, in standard or conversational format.
+    negatives (K may differ between rows) or a single completion, in standard or conversational format, optionally
+    with TRL's `tools` and `chat_template_kwargs` columns. With K = 1 and `dynamic_beta=False`, DMPO and S-DPO are
+    TRL's DPO loss (same tokens, losses and gradients); with the defaults, boundary selection and the dual-margin beta
+    on, they are not (selection keeps the single negative at K = 1; the dual-margin beta still changes beta).
+    `docs/trl_parity.md` lists how every `DPOConfig` option is honoured.
 
-    Example:
+    Example (the DynamicPO paper's setting is `beta=1.0`; `DynamicPOConfig` keeps `DPOConfig`'s 0.1):
 
     ```python
     >>> from datasets import Dataset
@@ -81,7 +85,7 @@ class DynamicPOTrainer(DPOTrainer):
     ...     {"prompt": "The user listened to Muse, Placebo. Next:", "chosen": " Radiohead",
     ...      "rejected": [" Shakira", " Dolly Parton", " Slayer"]},
     ... ])
-    >>> trainer = DynamicPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=DynamicPOConfig("out"),
+    >>> trainer = DynamicPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=DynamicPOConfig("out", beta=1.0),
     ...                            train_dataset=dataset)
     >>> trainer.train()
     ```
@@ -90,7 +94,9 @@ class DynamicPOTrainer(DPOTrainer):
         model, ref_model, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
         optimizers, quantization_config, peft_config: as for [`~trl.DPOTrainer`]. The reference is `ref_model`, or
             the PEFT model with its adapter disabled (or TRL's "ref" adapter), or precomputed log-probs; MPPO
-            (`multi_negative_loss="mppo"`) is reference-free and loads no reference model.
+            (`multi_negative_loss="mppo"`) and `reference_free=True` load no reference model and run no reference
+            forward. A multimodal processor works on text-only data (its tokenizer tokenizes the text); image data is
+            refused. `compute_metrics` receives the per-completion log-probs (see `prediction_step`).
         args ([`DynamicPOConfig`], *optional*): configuration; a default one is built when `None`.
     """
 
