@@ -521,3 +521,12 @@ def test_every_paper_recipe_sets_the_paper_beta():
     assert len(trained) >= 7
     for path in trained:
         assert stage_config(load_recipe(path), "train").get("beta") == 1.0, path
+
+
+def test_prompt_token_merge_warns_as_trl(tokenizer, make_model, tmp_path, caplog):
+    rows = [{"prompt": "The user listened to Radiohe", "chosen": "ad, Muse", "rejected": "ad, Air"}]  # "...head"
+    with caplog.at_level(logging.WARNING):
+        build_pair(tokenizer, make_model, tmp_path, rows, batch_size=1)
+    warnings = [r.getMessage() for r in caplog.records if "is not a prefix of the tokenized" in r.getMessage()]
+    warnings = [m.removeprefix("[RANK 0] ") for m in warnings]  # accelerate's logger names the process
+    assert len(warnings) == 2 and warnings[0] == warnings[1], warnings

@@ -84,10 +84,10 @@ DPO_TRAINER_HOOKS = (
     "_precompute_ref_logps",
     "compute_ref_log_probs",
 )
-# Private attributes of DPOTrainer / Trainer the subclass reads or writes: the columns `Trainer` keeps when it
+# Private attributes of DPOTrainer / Trainer the subclass reads, writes or calls: the columns `Trainer` keeps when it
 # removes unused ones, the per-mode metric lists `DPOTrainer.log` averages, the DeepSpeed engine of the reference
-# precompute, and the model hash that keys the precompute cache.
-TRAINER_ATTRIBUTES = ("_signature_columns", "_metrics", "_precompute_engine", "_precompute_model_hash")
+# precompute, the model hash that keys the precompute cache, and the input preparation of `prediction_step`.
+TRAINER_ATTRIBUTES = ("_signature_columns", "_metrics", "_precompute_engine", "_precompute_model_hash", "_prepare_inputs")
 # TRL's pairwise collators: they cannot batch K negatives.
 DPO_PAIRWISE_COLLATORS = (DataCollatorForPreference, DataCollatorForVisionPreference)
 

@@ -198,12 +198,14 @@ def tokenize_completions(
         prompt_ids, *full = tokenizer([prompt] + [prompt + c for c in texts])["input_ids"]  # one batched call
     prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full)
     if prompt_len < len(prompt_ids):
-        logger.warning_once(
+        logger.warning_once(  # TRL's warning, word for word
             "The tokenized prompt is not a prefix of the tokenized prompt+completion, usually because the chat "
             "template renders the prompt alone differently or because tokens merge across the boundary. The "
-            "completions start where they diverge, and this end of the prompt is left out of the training sequence: "
-            f"{text_tokenizer(processing_class).decode(prompt_ids[prompt_len:])!r}. This warning is shown once, but "
-            "it likely applies to every example in the dataset."
+            "completion starts where they diverge, and this end of the prompt is left out of the training sequence: "
+            f"{text_tokenizer(processing_class).decode(prompt_ids[prompt_len:])!r}. The model is trained on a context "
+            "that differs from the one it sees at inference. To avoid it, use a chat template that renders the prompt "
+            "the same way in both cases, or end the prompt on a token boundary. This warning is shown once, but it "
+            "likely applies to every example in the dataset."
         )
     return list(prompt_ids[:prompt_len]), [list(ids[prompt_len:]) for ids in full]
 
