@@ -530,3 +530,18 @@ def test_prompt_token_merge_warns_as_trl(tokenizer, make_model, tmp_path, caplog
     warnings = [r.getMessage() for r in caplog.records if "is not a prefix of the tokenized" in r.getMessage()]
     warnings = [m.removeprefix("[RANK 0] ") for m in warnings]  # accelerate's logger names the process
     assert len(warnings) == 2 and warnings[0] == warnings[1], warnings
+
+
+def test_streamed_rows_are_dropped_and_logged_one_by_one(tokenizer, make_config, caplog):
+    from trl_dynamicpo.preprocessing import prepare_preference_dataset
+
+    rows = preference_rows(5)
+    rows[3]["rejected"] = [rows[3]["chosen"], " Air", " Air"]
+    rows[1]["rejected"] = [rows[1]["chosen"]]
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    args = make_config(drop_invalid_rows=True, duplicate_negatives="remove")
+    with caplog.at_level(logging.WARNING):
+        prepared = list(prepare_preference_dataset(stream, tokenizer, args))
+    assert len(prepared) == 4 and [len(r["rejected_ids"]) for r in prepared] == [1, 3, 1, 2]
+    assert "Row 1: every negative in field 'rejected' repeats 'chosen'" in caplog.text
+    assert "Removed 2 repeated negatives from train row 3 (duplicate_negatives='remove')" in caplog.text

@@ -370,7 +370,7 @@ class DynamicPOTrainer(DPOTrainer):
         weights = self.args.objective_weights
         loss = weights["sigmoid"] * losses.mean()
         if weights["sft"]:
-            loss = loss + weights["sft"] * chosen_nll_loss(chosen_logps, completion_lengths(inputs)[:, 0])
+            loss = loss + weights["sft"] * chosen_nll_loss(chosen_logps, _completion_lengths(inputs)[:, 0])
         return loss
 
     def _record_metrics(self, mode, chosen_logps, rejected_logps, valid, stats) -> None:
@@ -434,7 +434,7 @@ class DynamicPOTrainer(DPOTrainer):
         return loss.detach(), logps.float().masked_fill(~valid, float("-inf")), valid.long()
 
 
-def completion_lengths(inputs) -> torch.Tensor:
+def _completion_lengths(inputs) -> torch.Tensor:
     """(B, K_max + 1) number of scored tokens of each completion of a collated batch (0 at padding negatives)."""
     slots = inputs["completion_slot"]
     batch_size, k_max = inputs["rejected_mask"].shape
