@@ -545,3 +545,13 @@ def test_streamed_rows_are_dropped_and_logged_one_by_one(tokenizer, make_config,
     assert len(prepared) == 4 and [len(r["rejected_ids"]) for r in prepared] == [1, 3, 1, 2]
     assert "Row 1: every negative in field 'rejected' repeats 'chosen'" in caplog.text
     assert "Removed 2 repeated negatives from train row 3 (duplicate_negatives='remove')" in caplog.text
+
+
+def test_a_pairwise_conversation_is_one_negative(tokenizer):
+    from trl_dynamicpo.preprocessing import tokenize_row
+
+    turn = lambda text: [{"role": "assistant", "content": text}, {"role": "user", "content": "ok"}]  # noqa: E731
+    row = {"prompt": [{"role": "user", "content": "Next?"}], "chosen": turn("Air"), "rejected": turn("Moby")}
+    out = tokenize_row(row, 0, processing_class=tokenizer, max_length=None, truncation_mode="keep_start",
+                       duplicate_negatives="remove", drop_invalid_rows=False)  # fmt: skip
+    assert len(out["rejected_ids"]) == 1 and out["_removed"] == 0 and out["_invalid"] == ""

@@ -77,6 +77,21 @@ class DynamicPOConfig(DPOConfig):
     lists every `DPOConfig` option and how it is honoured.
     """
 
+    # `DPOConfig` fields with their defaults, whose meaning here the help states.
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={
+            "help": "'sigmoid': the multi-negative objective chosen with `multi_negative_loss` (TRL's DPO loss at "
+            "K = 1); add 'sft' for an NLL term on the chosen answer (RPO), weighted with `loss_weights`."
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Conservative DPO on each example's logit z: -(1 - eps) log sigmoid(z) - eps log sigmoid(-z), "
+            "eps in [0, 0.5) the probability that a preference is flipped."
+        },
+    )
     multi_negative_loss: str = field(
         default="dmpo",
         metadata={

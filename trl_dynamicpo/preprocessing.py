@@ -253,8 +253,8 @@ def tokenize_row(
     or ""), `_removed` (repeated negatives left out) and `_truncated`.
     """
     try:
-        rejected = validate_example(example, index)
-        rejected, kept_index = remove_repeats(example["chosen"], rejected, index, duplicate_negatives)
+        negatives = validate_example(example, index)
+        rejected, kept_index = remove_repeats(example["chosen"], negatives, index, duplicate_negatives)
         tools = example.get("tools")
         tools = json.loads(tools) if isinstance(tools, str) else tools
         prompt_ids, ids = tokenize_completions(
@@ -287,7 +287,7 @@ def tokenize_row(
         "chosen_ids": ids[0],
         "rejected_ids": ids[1:],
         "_invalid": "",
-        "_removed": len(example["rejected"]) - len(rejected) if isinstance(example["rejected"], list) else 0,
+        "_removed": len(negatives) - len(rejected),
         "_truncated": truncated,
     }
 
