@@ -13,9 +13,10 @@ The diff against the TRL script it started from (`trl/scripts/dpo.py`-style):
     -dataset = load_dataset("trl-lib/ultrafeedback_binarized", split="train")   # rejected: one completion
     +dataset = multi_negative_dataset()                                          # rejected: a list of K completions
 
-`DynamicPOConfig` accepts every `DPOConfig` argument (its `beta` defaults to the paper's 1.0) and adds
-`multi_negative_loss` (dmpo / sdpo / mppo), `boundary_selection`, `dynamic_beta`, `beta_margin`, `beta_scale`.
-The trainer also accepts TRL's pairwise data unchanged (K = 1, where DMPO and S-DPO equal the DPO loss).
+`DynamicPOConfig` accepts every `DPOConfig` argument with `DPOConfig`'s defaults (`beta` is TRL's 0.1; the DynamicPO
+paper uses 1.0, set by its recipes) and adds `multi_negative_loss` (dmpo / sdpo / mppo), `boundary_selection`,
+`dynamic_beta`, `beta_margin`, `beta_scale`. The trainer also accepts TRL's pairwise data unchanged (K = 1, where
+DMPO and S-DPO with `dynamic_beta=False` equal the DPO loss).
 """
 
 import argparse

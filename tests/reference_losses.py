@@ -1,7 +1,8 @@
 """Slow, per-example reference of the DynamicPO losses (tests only).
 
-Written from SPEC.md ("Base multi-negative losses", "Mechanism 1", "Mechanism 2", "Switches") and the
-conventions fixed for `trl_dynamicpo.losses.multi_negative_loss`, independently of that implementation:
+Written from docs/method.md (the base multi-negative losses, mechanism 1, mechanism 2, the switches), from the
+formulas of conservative DPO (label smoothing) and of the chosen-answer NLL term (RPO, TRL's "sft" loss), and from
+the conventions fixed for `trl_dynamicpo.losses.multi_negative_loss`, independently of that implementation:
 
 * selection runs on plain Python floats (exact copies of the input values), one example at a time;
 * the exact 1-D k-means enumerates every partition of the stably sorted values into k contiguous,
@@ -92,28 +93,46 @@ def neg_logsigmoid(z):
     return -z + torch.log1p(torch.exp(z))
 
 
-def example_loss(loss_type, p_plus, p_neg, q_plus, q_neg, selected, betas):
-    """Loss of one example from 0-d tensors. ``p_neg``/``q_neg`` are lists of 0-d tensors, ``betas`` floats."""
+def example_loss(loss_type, p_plus, p_neg, q_plus, q_neg, selected, betas, label_smoothing=0.0):
+    """Loss of one example from 0-d tensors. ``p_neg``/``q_neg`` are lists of 0-d tensors, ``betas`` floats.
+
+    With ``label_smoothing`` = eps > 0 (conservative DPO), the preference is taken to be flipped with probability
+    eps: the loss is the expected logistic loss (1 - eps) * (-log sigmoid(z)) + eps * (-log sigmoid(-z)).
+    """
     if loss_type == "mppo":
         z = 0.0
         for j in selected:
             z = z + betas[j] * (torch.exp(p_plus) - torch.exp(p_neg[j]))
-        return neg_logsigmoid(z)
-    r_plus = p_plus - q_plus
-    if loss_type == "dmpo":
+    elif loss_type == "dmpo":
+        r_plus = p_plus - q_plus
         z = 0.0
         for j in selected:
             z = z + betas[j] * (r_plus - (p_neg[j] - q_neg[j]))
-        return neg_logsigmoid(z / len(selected))
-    if loss_type == "sdpo":
+        z = z / len(selected)
+    elif loss_type == "sdpo":
+        r_plus = p_plus - q_plus
         terms = [betas[j] * ((p_neg[j] - q_neg[j]) - r_plus) for j in selected]
         top = max(float(t.detach()) for t in terms)
         total = 0.0
         for t in terms:
             total = total + torch.exp(t - top)
-        lse = top + torch.log(total)
-        return neg_logsigmoid(-lse)
-    raise ValueError(f"unknown loss_type {loss_type!r}")
+        z = -(top + torch.log(total))
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    if label_smoothing == 0.0:
+        return neg_logsigmoid(z)
+    return (1.0 - label_smoothing) * neg_logsigmoid(z) + label_smoothing * neg_logsigmoid(-z)
+
+
+def reference_chosen_nll(chosen_token_logps):
+    """NLL of the chosen answers per token over a batch: ``chosen_token_logps`` is one list of per-token log-probs
+    (floats or 0-d tensors) per example; every token of the batch counts once."""
+    total, count = 0.0, 0
+    for tokens in chosen_token_logps:
+        for logp in tokens:
+            total = total - logp
+            count += 1
+    return total / count
 
 
 def reference_multi_negative_loss(
@@ -129,19 +148,25 @@ def reference_multi_negative_loss(
     margin=6.0,
     beta_scale=0.5,
     rejected_mask=None,
+    reference_free=False,
+    label_smoothing=0.0,
 ):
     """Same contract as `multi_negative_loss`; always computes in float64 (losses are float64).
+
+    ``reference_free`` scores DMPO / S-DPO on the policy log-probs alone (the reference log-probs are taken to
+    be zero), as MPPO always does.
 
     Gradients flow (through ``.double()``) back to whichever inputs require them, the reference log-probs
     included (r = p - q); selection and beta_j are plain floats, hence detached.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}")
-    if loss_type != "mppo" and (ref_chosen_logps is None or ref_rejected_logps is None):
+    no_reference = loss_type == "mppo" or reference_free
+    if not no_reference and (ref_chosen_logps is None or ref_rejected_logps is None):
         raise ValueError(f"{loss_type} needs reference log-probs")
     n_rows, n_neg = rejected_logps.shape
-    if ref_chosen_logps is None or loss_type == "mppo":
-        # MPPO never reads the reference: use zeros that carry no graph.
+    if no_reference:
+        # Reference-free objectives never read the reference: use zeros that carry no graph.
         ref_chosen_logps = torch.zeros(n_rows, dtype=torch.float64)
         ref_rejected_logps = torch.zeros(n_rows, n_neg, dtype=torch.float64)
     if rejected_mask is None:
@@ -194,7 +219,7 @@ def reference_multi_negative_loss(
         # the loss, connected to the inputs' graph
         p_neg = [pn_all[i, j] for j in range(n_neg)]
         q_neg = [qn_all[i, j] for j in range(n_neg)]
-        losses.append(example_loss(loss_type, p_all[i], p_neg, q_all[i], q_neg, selected, betas))
+        losses.append(example_loss(loss_type, p_all[i], p_neg, q_all[i], q_neg, selected, betas, label_smoothing))
 
         # rewards and accuracy
         if loss_type == "mppo":
@@ -215,7 +240,7 @@ def reference_multi_negative_loss(
         leaf_neg = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in pn_f[i]]
         leaf_q = torch.tensor(q_f[i], dtype=torch.float64)
         leaf_qn = [torch.tensor(v, dtype=torch.float64) for v in qn_f[i]]
-        loss_copy = example_loss(loss_type, leaf_p, leaf_neg, leaf_q, leaf_qn, selected, betas)
+        loss_copy = example_loss(loss_type, leaf_p, leaf_neg, leaf_q, leaf_qn, selected, betas, label_smoothing)
         grads = torch.autograd.grad(loss_copy, [leaf_neg[j] for j in selected])
         mags = {j: abs(float(g)) for j, g in zip(selected, grads)}
         total = math.fsum(mags.values())

@@ -107,3 +107,83 @@ def test_prompt_learning_state_and_forward(make_model):
     peft_model(input_ids=torch.tensor([[5, 6]]), shift_labels=torch.tensor([[-100] * 3 + [6, -100]]), fused_lm_head=True)
     handle.remove()
     assert seen["inputs_embeds"].shape[1] == 5 and seen["attention_mask"] is None
+
+# ------------------------------------------------------------------------------ DPOTrainer hooks and state
+
+
+def _dpo_sources():
+    from transformers import Trainer
+    from trl import DPOTrainer
+
+    return inspect.getsource(DPOTrainer) + inspect.getsource(Trainer)
+
+
+def test_overridden_hooks_are_still_called_by_the_parents():
+    from trl import DPOTrainer
+
+    sources = _dpo_sources()
+    for name in compat.DPO_TRAINER_HOOKS:
+        assert callable(getattr(DPOTrainer, name, None)), name
+        assert f"self.{name}(" in sources, f"DPOTrainer / Trainer no longer call {name}"
+
+
+def test_private_trainer_attributes_are_still_used():
+    sources = _dpo_sources()
+    for name in compat.TRAINER_ATTRIBUTES:
+        assert f"self.{name}" in sources, name
+    # `Trainer` keeps only the signature columns when it removes unused ones, after asking the hook for them.
+    from transformers import Trainer
+
+    remove = inspect.getsource(Trainer._remove_unused_columns)
+    assert "_set_signature_columns_if_needed()" in remove and "self._signature_columns" in remove
+
+
+def _dpo_config(tmp_path, **options):
+    from trl import DPOConfig
+
+    return DPOConfig(str(tmp_path), bf16=False, gradient_checkpointing=False, report_to=[], use_cpu=True, **options)
+
+
+def _dpo_trainer(tokenizer, model, tmp_path, train_dataset=None, args=None, **options):
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    rows = [{"prompt": "The user listened to Muse. Next:", "chosen": " Air", "rejected": " Moby"}] * 2
+    args = args or _dpo_config(tmp_path, **options)
+    dataset = train_dataset or Dataset.from_list(rows)
+    return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), args
+
+
+def test_pairwise_collators_are_the_ones_trl_builds(tokenizer, make_model, tmp_path):
+    trainer, _ = _dpo_trainer(tokenizer, make_model(), tmp_path, precompute_ref_log_probs=True)
+    assert isinstance(trainer.data_collator, compat.DPO_PAIRWISE_COLLATORS)
+
+
+def test_precompute_cache_is_where_trl_writes_it(tokenizer, make_model, tmp_path):
+    import os
+
+    from datasets import Dataset, load_from_disk
+
+    rows = [{"prompt": "The user listened to Muse. Next:", "chosen": " Air", "rejected": " Moby"}] * 2
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+    trainer, args = _dpo_trainer(tokenizer, make_model(), tmp_path / "out", precompute_ref_log_probs=True,
+                                 train_dataset=load_from_disk(str(tmp_path / "data")))  # fmt: skip
+    prepared = trainer._prepare_dataset(load_from_disk(str(tmp_path / "data")), tokenizer, args, "train")
+    fingerprint, path = compat.precompute_cache(prepared, trainer._precompute_model_hash)
+    assert os.path.exists(path) and fingerprint in path
+    assert Dataset.from_file(path).column_names == ["ref_chosen_logps", "ref_rejected_logps"]
+
+
+def test_no_reference_model_loads_and_hashes_nothing(tokenizer, make_model, tmp_path):
+    args = _dpo_config(tmp_path)
+    with compat.no_reference_model(args):
+        trainer, _ = _dpo_trainer(tokenizer, make_model(), tmp_path, args=args)
+    # Without the context, TRL would reload the policy from its (here empty) name as the reference.
+    assert trainer.ref_model is None and trainer._precompute_model_hash is None
+    assert args.precompute_ref_log_probs is False
+
+
+def test_main_process_first_runs_in_a_single_process():
+    with compat.global_then_local_main_first():
+        ran = True
+    assert ran

@@ -548,3 +548,86 @@ def test_boundary_grad_share_stays_defined_when_the_loss_saturates(fast):
     expected = (betas * stats["boundary_mask"][0]).sum() / betas.sum()
     torch.testing.assert_close(stats["boundary_grad_share"][0], expected)
     assert 0.0 < expected.item() < 1.0
+
+
+# ------------------------------------------------------------------- label smoothing, reference-free, NLL term
+
+
+@pytest.mark.parametrize("label_smoothing", [0.1, 0.3])
+@pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_label_smoothing_matches_reference(fast, loss_type, boundary_selection, label_smoothing):
+    inputs = make_batch(9, 5, seed=3000)
+    kwargs = dict(loss_type=loss_type, boundary_selection=boundary_selection, label_smoothing=label_smoothing)
+    compare(fast, inputs, **kwargs)
+    compare(fast, inputs, dtype=torch.float32, rtol=1e-5, atol=1e-5, **kwargs)
+
+
+@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
+def test_label_smoothing_at_k1_is_conservative_dpo(fast, loss_type):
+    chosen, rejected, ref_chosen, ref_rejected = make_batch(12, 1, seed=5)
+    beta, eps = 0.3, 0.2
+    z = beta * ((chosen - ref_chosen) - (rejected[:, 0] - ref_rejected[:, 0]))
+    cdpo = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+    losses, _ = fast(chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
+                     dynamic_beta=False, label_smoothing=eps)  # fmt: skip
+    torch.testing.assert_close(losses, cdpo, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.5, 1.0])
+def test_label_smoothing_out_of_range_raises(fast, bad):
+    inputs = make_batch(2, 3, seed=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fast(*inputs, label_smoothing=bad)
+
+
+@pytest.mark.parametrize("dynamic_beta", [True, False], ids=["dynbeta", "fixbeta"])
+@pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
+@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
+def test_reference_free_matches_reference(fast, loss_type, boundary_selection, dynamic_beta):
+    chosen, rejected, ref_chosen, ref_rejected = make_batch(9, 5, seed=4000)
+    kwargs = dict(loss_type=loss_type, boundary_selection=boundary_selection, dynamic_beta=dynamic_beta)
+    compare(fast, (chosen, rejected, None, None), reference_free=True, **kwargs)
+    # Reference-free is exactly "the reference log-probs are zero", and reference log-probs passed are ignored.
+    free, _ = fast(chosen, rejected, None, None, reference_free=True, **kwargs)
+    ignored, _ = fast(chosen, rejected, ref_chosen, ref_rejected, reference_free=True, **kwargs)
+    zeros, _ = fast(chosen, rejected, torch.zeros_like(chosen), torch.zeros_like(rejected), **kwargs)
+    torch.testing.assert_close(free, zeros, rtol=0, atol=0)
+    torch.testing.assert_close(ignored, zeros, rtol=0, atol=0)
+
+
+def test_chosen_nll_matches_reference():
+    from reference_losses import reference_chosen_nll
+
+    from trl_dynamicpo.losses import chosen_nll_loss
+
+    g = torch.Generator().manual_seed(11)
+    lengths = [3, 1, 7, 4]
+    tokens = [(-torch.rand(n, generator=g, dtype=torch.float64) * 5).requires_grad_(True) for n in lengths]
+    expected = reference_chosen_nll([list(t) for t in tokens])
+    fast_value = chosen_nll_loss(torch.stack([t.sum() for t in tokens]), torch.tensor(lengths))
+    torch.testing.assert_close(fast_value, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(fast_value, tokens)
+    ref_grads = torch.autograd.grad(reference_chosen_nll([list(t) for t in tokens]), tokens)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_objective_weights_are_the_logit_gradient_up_to_a_row_factor(loss_type):
+    """Every `OBJECTIVES` entry returns |dz/ds_j| on the selected negatives, up to one positive factor per row."""
+    from trl_dynamicpo.losses import OBJECTIVES
+
+    chosen, rejected, _, _ = make_batch(6, 5, seed=12)
+    g = torch.Generator().manual_seed(12)
+    betas = torch.rand(6, 5, generator=g, dtype=torch.float64) + 0.5
+    selected = torch.rand(6, 5, generator=g) < 0.6
+    selected[:, 0] = True
+    betas = torch.where(selected, betas, 0.0)
+    scores = rejected.clone().requires_grad_(True)
+    logit, weights = OBJECTIVES[loss_type].fn(chosen, scores, betas, selected)
+    (dz,) = torch.autograd.grad(logit.sum(), scores)
+    dz, weights = dz.abs().masked_fill(~selected, 0.0), weights.masked_fill(~selected, 0.0)
+    ratio = dz[:, :1] / weights[:, :1]
+    torch.testing.assert_close(dz, weights * ratio, rtol=1e-10, atol=1e-300)
+    assert (ratio > 0).all()

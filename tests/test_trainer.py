@@ -59,9 +59,11 @@ def _train_and_check(trainer):
         assert key in logged[0], f"metric {key} missing from the logs"
         assert all(torch.isfinite(torch.tensor(h[key])) for h in logged)
     first = logged[0]
-    assert 1 <= first["dynamicpo/boundary_negatives"] <= 3
+    args, k_max = trainer.args, max(len(r) for r in trainer.train_dataset["rejected_ids"])
+    assert 1 <= first["dynamicpo/boundary_negatives"] <= k_max
     assert first["dynamicpo/beta_min"] <= first["dynamicpo/beta_mean"] <= first["dynamicpo/beta_max"]
-    assert first["dynamicpo/beta_min"] >= 0.5 - 1e-6 and first["dynamicpo/beta_max"] <= 1.5 + 1e-6
+    low, high = args.beta * (1 - args.beta_scale), args.beta * (1 + args.beta_scale)
+    assert first["dynamicpo/beta_min"] >= low * (1 - 1e-6) and first["dynamicpo/beta_max"] <= high * (1 + 1e-6)
     assert 0.0 <= first["dynamicpo/boundary_grad_share"] <= 1.0 + 1e-6
     return logged
 
@@ -173,21 +175,27 @@ BAD_ROWS = [
     ({"prompt": "p", "chosen": " a"}, "missing field"),
     ({"prompt": "p", "chosen": " a", "rejected": []}, "'rejected' is an empty list"),
     ({"prompt": "p", "chosen": " a", "rejected": [" b", " a"]}, "'rejected[1]' is identical to 'chosen'"),
-    ({"prompt": "p", "chosen": "", "rejected": [" b"]}, "'chosen' is an empty completion"),
-    ({"prompt": "p", "chosen": " a", "rejected": [" b", "  "]}, "'rejected[1]' is an empty completion"),
+    ({"prompt": "p", "chosen": " a", "rejected": [" b", "a "]}, "'rejected[1]' differs from 'chosen' only by whitespace"),
+    ({"prompt": "p", "chosen": " a", "rejected": [" b", " c", " b"]}, "'rejected[2]' is identical to 'rejected[0]'"),
     ({"prompt": "p", "chosen": " a", "rejected": {"x": 1}}, "field 'rejected' must be"),
+    ({"prompt": 3, "chosen": " a", "rejected": [" b"]}, "field 'prompt' must be a string or a list of messages"),
+    ({"prompt": "", "chosen": " a", "rejected": [" b"]}, "field 'prompt' tokenizes to no tokens"),
 ]
 
 
 @pytest.mark.parametrize("bad,message", BAD_ROWS)
-def test_bad_rows_raise_naming_row_and_field(tokenizer, make_model, make_config, bad, message):
-    from trl_dynamicpo.preprocessing import validate_example
+def test_bad_rows_raise_naming_row_and_field(tokenizer, bad, message):
+    from trl_dynamicpo.preprocessing import tokenize_row
 
+    options = dict(processing_class=tokenizer, max_length=None, truncation_mode="keep_start",
+                   duplicate_negatives="error", drop_invalid_rows=False)  # fmt: skip
     good = {"prompt": "q", "chosen": " x", "rejected": [" y"]}
     with pytest.raises(ValueError, match=r"Row 1: .*" + message.split("'")[0]) as info:
-        validate_example(good, 0)
-        validate_example(bad, 1)
+        tokenize_row(good, 0, **options)
+        tokenize_row(bad, 1, **options)
     assert message in str(info.value)
+    dropped = tokenize_row(bad, 1, **{**options, "drop_invalid_rows": True})
+    assert message in dropped["_invalid"] and dropped["prompt_ids"] == []
 
 
 def test_bad_row_stops_trainer_before_training(tokenizer, make_model, make_config):
@@ -229,13 +237,33 @@ def test_max_length_truncation_is_counted(tokenizer, make_model, make_config, ca
 
 @pytest.mark.parametrize(
     "option",
-    [dict(loss_type="ipo"), dict(loss_weights=[1.0]), dict(ld_alpha=0.5), dict(use_weighting=True),
-     dict(f_divergence_type="forward_kl"), dict(label_smoothing=0.1), dict(multi_negative_loss="foo"),
-     dict(beta_scale=1.0)],
-)
+    [dict(loss_type="ipo"), dict(loss_type=["sigmoid", "hinge"]), dict(loss_type=["sft"]), dict(ld_alpha=0.5),
+     dict(use_weighting=True), dict(f_divergence_type="forward_kl"), dict(label_smoothing=0.5),
+     dict(label_smoothing=-0.1), dict(multi_negative_loss="foo"), dict(beta_scale=1.0),
+     dict(truncation_mode="middle"), dict(duplicate_negatives="keep")],
+)  # fmt: skip
 def test_unsupported_options_raise(option, tmp_path):
-    with pytest.raises(ValueError):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name if name != "truncation_mode" else "Unsupported truncation mode: middle"):
         DynamicPOConfig(str(tmp_path), bf16=False, **option)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [dict(loss_weights=[1.0]), dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]),
+     dict(label_smoothing=0.1), dict(padding_free=True), dict(reference_free=True),
+     dict(duplicate_negatives="remove"), dict(drop_invalid_rows=True), dict(truncation_mode="keep_end")],
+)  # fmt: skip
+def test_options_trl_accepts_are_accepted(option, tmp_path):
+    DynamicPOConfig(str(tmp_path), bf16=False, **option)
+
+
+def test_defaults_follow_dpo_config(tmp_path):
+    ours, theirs = DynamicPOConfig(str(tmp_path), bf16=False), DPOConfig(str(tmp_path), bf16=False)
+    assert ours.beta == theirs.beta == 0.1
+    for name in ("loss_type", "loss_weights", "label_smoothing", "max_length", "truncation_mode", "padding_free"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.boundary_selection and ours.dynamic_beta  # DynamicPO's own switches stay on
 
 
 def test_plain_dpo_config_is_rejected_with_advice(tokenizer, make_model, tmp_path):

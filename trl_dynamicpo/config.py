@@ -10,11 +10,19 @@ from trl import DPOConfig
 from .losses import LOSS_TYPES
 
 
+# `DPOConfig.loss_type` entries this trainer implements: "sigmoid" is the multi-negative objective chosen with
+# `multi_negative_loss` (TRL's DPO loss at K = 1), "sft" the NLL term on the chosen answer (RPO).
+SUPPORTED_TRL_LOSS_TYPES = ("sigmoid", "sft")
+TRUNCATION_MODES = ("keep_start", "keep_end")
+DUPLICATE_NEGATIVES = ("error", "remove")
+
+
 @dataclass
 class DynamicPOConfig(DPOConfig):
     r"""
-    Configuration for [`DynamicPOTrainer`]: everything [`~trl.DPOConfig`] offers, plus the multi-negative objective
-    and DynamicPO's two mechanisms (dynamic boundary negative selection and dual-margin beta).
+    Configuration for [`DynamicPOTrainer`]: everything [`~trl.DPOConfig`] offers, with `DPOConfig`'s defaults, plus
+    the multi-negative objective and DynamicPO's two mechanisms (dynamic boundary negative selection and dual-margin
+    beta).
 
     Parameters:
         multi_negative_loss (`str`, *optional*, defaults to `"dmpo"`):
@@ -29,27 +37,60 @@ class DynamicPOConfig(DPOConfig):
             Margin `m` of the dual-margin beta.
         beta_scale (`float`, *optional*, defaults to `0.5`):
             Scale `s` of the dual-margin beta, in `[0, 1)`.
+        reference_free (`bool`, *optional*, defaults to `False`):
+            Score DMPO / S-DPO on the policy's log-probabilities alone: no reference model is loaded and no
+            reference forward runs (MPPO is always reference-free).
         shared_prefix (`bool`, *optional*, defaults to `True`):
             Score the prompt once per example: one packed row `[prompt | y+ | y1 | ... | yK]` with a block attention
             mask. Exactly the naive concatenation's log-probabilities at a fraction of the cost. Falls back (with a
-            warning) to naive rows for attention implementations that take no custom 4-D mask.
-        beta (`float`, *optional*, defaults to `1.0`):
-            Base beta (the paper's value; `DPOConfig` defaults to 0.1).
+            warning) to naive rows for models where packing would not be exact.
+        duplicate_negatives (`str`, *optional*, defaults to `"error"`):
+            What to do with a negative that repeats the chosen answer or an earlier negative of its row, exactly or up
+            to whitespace (`" Radiohead"` and `"Radiohead"`): `"error"` makes the row invalid (see
+            `drop_invalid_rows`); `"remove"` drops the repeats, keeps the first occurrence and logs how many were
+            removed in which rows. A repeat would otherwise count twice in the loss, or train the answer against
+            itself.
+        drop_invalid_rows (`bool`, *optional*, defaults to `False`):
+            Rows that are certainly data bugs (a missing or ill-typed field, a negative identical to the answer, a
+            prompt or completion that tokenizes to no token, no negative left) stop the run before training with an
+            error naming the row and the field. With `True` they are dropped instead, and the count and the row
+            numbers are logged.
+
+    `beta` keeps `DPOConfig`'s default, 0.1. The DynamicPO paper uses `beta=1.0`: the recipes set it, and so does
+    `trl-dynamicpo train` when a recipe does not.
+
+    With K = 1 negative, DMPO and S-DPO with `dynamic_beta=False` are exactly TRL's DPO sigmoid loss (boundary
+    selection always keeps the single negative, so it changes nothing at K = 1); with the defaults (both switches
+    on) the dual-margin beta makes it differ.
 
     `max_length` bounds every prompt+completion sequence, as in TRL. With `truncation_mode="keep_start"` the
     completions are cut to fit after the full prompt (an example whose prompt alone reaches `max_length` is dropped
-    and counted); with `"keep_end"` the prompt loses its start so that the longest completion fits. Both apply to all
-    K + 1 completions of an example alike, so the packed and naive layouts see the same tokens, and no negative is
-    ever dropped on its own. The packed row itself is longer than `max_length` (prompt + all completions).
+    and counted); with `"keep_end"` the prompt loses its start so that the longest completion fits, and a completion
+    that is too long on its own keeps its end after the prompt's last token. Both apply to all K + 1 completions of
+    an example alike, so the packed and naive layouts see the same tokens, and no negative is ever dropped on its own.
+    The packed row itself is longer than `max_length` (prompt + all completions).
 
-    `DPOConfig` options this trainer does not implement (other `loss_type`s, `loss_weights`, `ld_alpha`,
-    `use_weighting`, `f_divergence_type`, `label_smoothing`, `padding_free`, `use_liger_kernel`) raise a
-    `ValueError` when set to a non-default value.
+    Of `DPOConfig`'s objective options, `loss_type` may hold `"sigmoid"` (the objective chosen with
+    `multi_negative_loss`) and `"sft"` (RPO: an NLL term on the chosen answer, weighted with `loss_weights`);
+    `label_smoothing` is conservative DPO on each example's logit. The others (other `loss_type`s, `ld_alpha`,
+    `use_weighting`, `f_divergence_type`) raise a `ValueError` when set to a non-default value. `docs/trl_parity.md`
+    lists every `DPOConfig` option and how it is honoured.
     """
 
-    beta: float = field(
-        default=1.0,
-        metadata={"help": "Base beta of the preference loss (the DynamicPO paper uses 1.0)."},
+    # `DPOConfig` fields with their defaults, whose meaning here the help states.
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={
+            "help": "'sigmoid': the multi-negative objective chosen with `multi_negative_loss` (TRL's DPO loss at "
+            "K = 1); add 'sft' for an NLL term on the chosen answer (RPO), weighted with `loss_weights`."
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Conservative DPO on each example's logit z: -(1 - eps) log sigmoid(z) - eps log sigmoid(-z), "
+            "eps in [0, 0.5) the probability that a preference is flipped."
+        },
     )
     multi_negative_loss: str = field(
         default="dmpo",
@@ -74,11 +115,35 @@ class DynamicPOConfig(DPOConfig):
         default=0.5,
         metadata={"help": "Scale s of the dual-margin beta: beta_j lies in [beta(1-s), beta(1+s)]."},
     )
+    reference_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Score DMPO / S-DPO on the policy's log-probs alone: no reference model, no reference forward "
+            "(MPPO is always reference-free)."
+        },
+    )
     shared_prefix: bool = field(
         default=True,
         metadata={
             "help": "Score the prompt once per example (packed row with a block attention mask) instead of once per "
             "completion. Same log-probabilities, far less compute for many negatives."
+        },
+    )
+    duplicate_negatives: str = field(
+        default="error",
+        metadata={
+            "help": "A negative that repeats the chosen answer or an earlier negative, exactly or up to whitespace: "
+            "'error' makes the row invalid (see drop_invalid_rows); 'remove' drops the repeats and logs the count "
+            "and the rows.",
+            "choices": list(DUPLICATE_NEGATIVES),
+        },
+    )
+    drop_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows that are certainly data bugs (missing or ill-typed field, a negative identical to the "
+            "answer, a prompt or completion with no token, no negative left) and log their count and row numbers, "
+            "instead of stopping before training with an error naming the row."
         },
     )
 
@@ -94,19 +159,40 @@ class DynamicPOConfig(DPOConfig):
             raise ValueError(f"beta_margin must be finite; got {self.beta_margin}.")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive; got {self.beta}.")
+        if self.truncation_mode not in TRUNCATION_MODES:  # TRL's collator wording; TRL only checks when cutting
+            raise ValueError(
+                f"Unsupported truncation mode: {self.truncation_mode}, expected 'keep_start' or 'keep_end'"
+            )
+        if self.duplicate_negatives not in DUPLICATE_NEGATIVES:
+            raise ValueError(
+                f"duplicate_negatives={self.duplicate_negatives!r} is not supported; choose one of {DUPLICATE_NEGATIVES}."
+            )
+        other = [t for t in self.loss_type if t not in SUPPORTED_TRL_LOSS_TYPES]
+        if other or "sigmoid" not in self.loss_type:
+            raise ValueError(
+                f"DynamicPOConfig does not implement loss_type={self.loss_type!r}: it takes 'sigmoid' (the "
+                f"multi-negative objective, chosen with `multi_negative_loss`: {'/'.join(LOSS_TYPES)}), optionally "
+                "with 'sft' (an NLL term on the chosen answer, weighted with `loss_weights`, as in RPO)."
+            )
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(
+                f"label_smoothing must lie in [0.0, 0.5) (the probability that a preference is flipped, conservative "
+                f"DPO); got {self.label_smoothing}."
+            )
         unsupported = {
-            "loss_type": (self.loss_type, ["sigmoid"]),
-            "loss_weights": (self.loss_weights, None),
             "ld_alpha": (self.ld_alpha, None),
             "use_weighting": (self.use_weighting, False),
             "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
-            "label_smoothing": (self.label_smoothing, 0.0),
-            "padding_free": (self.padding_free, False),
-            "use_liger_kernel": (self.use_liger_kernel, False),
         }
         for name, (value, default) in unsupported.items():
             if value != default:
                 raise ValueError(
-                    f"DynamicPOConfig does not implement {name}={value!r} (only {default!r}); the objective is chosen "
-                    f"with `multi_negative_loss` ({'/'.join(LOSS_TYPES)}). Remove {name} from your configuration."
+                    f"DynamicPOConfig does not implement {name}={value!r} (only {default!r}): it is defined on one "
+                    f"chosen-rejected pair, not on K negatives. Remove {name} from your configuration."
                 )
+
+    @property
+    def objective_weights(self) -> dict[str, float]:
+        """Weight of each `loss_type` entry in the total loss (`loss_weights`, 1.0 each by default), as TRL sums them."""
+        weights = self.loss_weights or [1.0] * len(self.loss_type)
+        return {name: sum(w for t, w in zip(self.loss_type, weights) if t == name) for name in SUPPORTED_TRL_LOSS_TYPES}

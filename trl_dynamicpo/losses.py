@@ -1,20 +1,22 @@
 """Multi-negative preference losses with DynamicPO's boundary selection and dual-margin beta.
 
 Pure tensor code, vectorised over examples and negatives: no Python loop over the batch, no `.item()`, no host
-round trip. See `SPEC.md` for the maths; the conventions the spec leaves open are documented on
-`multi_negative_loss`.
+round trip. Each function's formula is in its docstring; `docs/method.md` explains the method and the conventions
+the paper leaves open (also listed on `multi_negative_loss`). Each objective is one function returning its logit
+and its per-negative gradient weights, registered in `OBJECTIVES`.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 
-LOSS_TYPES = ("dmpo", "sdpo", "mppo")
 _EPS = 1e-8
 
 
@@ -90,7 +92,11 @@ def top_cluster_mask(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def boundary_and_easy_sets(
     chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, valid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DynamicPO's dynamic boundary selection on policy log-probs (SPEC mechanism 1).
+    r"""DynamicPO's dynamic boundary selection on policy log-probs (`docs/method.md`, mechanism 1).
+
+        B = {j : p_j >= p+}                        if that set is non-empty,
+            top group of the exact 1-D k-means of {p_j}, k = min(3, distinct values), otherwise
+        E = {valid j} \ B                          or B when that is empty
 
     Returns:
         boundary (B, K) bool, easy (B, K) bool, used_clustering (B,) bool.
@@ -114,7 +120,11 @@ def dual_margin_beta(
     margin: float,
     beta_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-negative beta from the positive-to-boundary and boundary-to-easy margins (SPEC mechanism 2).
+    r"""Per-negative beta from the positive-to-boundary and boundary-to-easy margins (`docs/method.md`, mechanism 2).
+
+        d_pb_j = p+ - p_j
+        d_be_j = p_j - mean_{k in E} p_k
+        beta_j = beta * (1 + s * tanh((d_pb_j - d_be_j - m) / (|d_pb_j| + |d_be_j| + 1e-8)))
 
     Returns:
         betas (B, K), d_pb (B, K), d_be (B, K); zero at invalid positions. Inputs should be detached.
@@ -131,46 +141,106 @@ def dual_margin_beta(
     )
 
 
-def _objective(
-    loss_type: str,
-    chosen_scores: torch.Tensor,
-    rejected_scores: torch.Tensor,
-    betas: torch.Tensor,
-    selected: torch.Tensor,
-) -> torch.Tensor:
-    """Logit z of the loss -logsigmoid(z) for each example, over the selected negatives only."""
-    if loss_type == "dmpo":
-        terms = betas * (chosen_scores[:, None] - rejected_scores)
-        return torch.where(selected, terms, 0.0).sum(dim=1) / selected.sum(dim=1).clamp(min=1)
-    if loss_type == "sdpo":
-        terms = betas * (rejected_scores - chosen_scores[:, None])
-        return -torch.logsumexp(terms.masked_fill(~selected, float("-inf")), dim=1)
-    # mppo: sequence probabilities; exp() of log-probs never overflows.
-    terms = betas * (chosen_scores.exp()[:, None] - rejected_scores.exp())
-    return torch.where(selected, terms, 0.0).sum(dim=1)
+def dmpo(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, betas: torch.Tensor, selected: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""DMPO: the mean of the pairwise DPO logits over the selected negatives S.
 
+        z = (1 / |S|) * sum_{j in S} beta_j * (s+ - s_j)
+        w_j = beta_j
 
-def _gradient_weights(
-    loss_type: str,
-    rejected_scores: torch.Tensor,
-    chosen_scores: torch.Tensor,
-    betas: torch.Tensor,
-    selected: torch.Tensor,
-) -> torch.Tensor:
-    """|dL/dp_j| per negative up to a per-example factor, in closed form (no autograd in the training step).
+    where s = log pi(y|x) - log pi_ref(y|x) (or log pi(y|x) when reference-free). `w_j` is |dL/ds_j| up to the
+    per-example factor sigmoid(-z) / |S| shared by every negative (see `multi_negative_loss`).
 
-    The factor sigmoid(-z) shared by every negative is left out (it cancels in the boundary share), so the share
-    stays defined when the loss saturates, which is exactly when collapse is worth watching.
+    Args:
+        chosen_scores: (B,) s+.
+        rejected_scores: (B, K) s_j.
+        betas: (B, K) beta_j, detached.
+        selected: (B, K) bool, the set S (non-empty per row).
+
+    Returns:
+        logit z (B,), gradient weights w (B, K), unmasked.
     """
-    if loss_type == "dmpo":
-        weights = betas
-    elif loss_type == "sdpo":
-        terms = (betas * (rejected_scores - chosen_scores[:, None])).masked_fill(~selected, float("-inf"))
-        weights = torch.softmax(terms, dim=1) * betas
-    else:  # mppo: beta_j exp(p_j), scaled by the row's largest probability so it cannot underflow
-        top = rejected_scores.masked_fill(~selected, float("-inf")).amax(dim=1, keepdim=True)
-        weights = betas * (rejected_scores - top).exp()
-    return torch.where(selected, weights, 0.0)
+    terms = betas * (chosen_scores[:, None] - rejected_scores)
+    logit = torch.where(selected, terms, 0.0).sum(dim=1) / selected.sum(dim=1).clamp(min=1)
+    return logit, betas
+
+
+def sdpo(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, betas: torch.Tensor, selected: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""S-DPO: a softmax over the selected negatives, the Plackett-Luce generalisation of DPO.
+
+        z = -log sum_{j in S} exp(beta_j * (s_j - s+))
+        w_j = beta_j * softmax_{j in S}(beta_j * (s_j - s+))
+
+    Arguments and returns as for `dmpo`; `w_j` is |dL/ds_j| up to the per-example factor sigmoid(-z).
+    """
+    terms = (betas * (rejected_scores - chosen_scores[:, None])).masked_fill(~selected, float("-inf"))
+    logit = -torch.logsumexp(terms, dim=1)
+    weights = torch.softmax(terms.detach(), dim=1) * betas
+    return logit, weights
+
+
+def mppo(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, betas: torch.Tensor, selected: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""MPPO: margins of sequence probabilities, reference-free (the scores are policy log-probs p).
+
+        z = sum_{j in S} beta_j * (exp(p+) - exp(p_j))
+        w_j = beta_j * exp(p_j - max_{k in S} p_k)
+
+    exp() of a log-prob never overflows. `w_j` is |dL/dp_j| up to the per-example factor
+    sigmoid(-z) * exp(max_{k in S} p_k), taken out so that the weights cannot underflow.
+    """
+    terms = betas * (chosen_scores.exp()[:, None] - rejected_scores.exp())
+    logit = torch.where(selected, terms, 0.0).sum(dim=1)
+    detached = rejected_scores.detach()
+    top = detached.masked_fill(~selected, float("-inf")).amax(dim=1, keepdim=True)
+    return logit, betas * (detached - top).exp()
+
+
+class Objective(NamedTuple):
+    """A multi-negative objective: `fn(chosen_scores, rejected_scores, betas, selected) -> (logit, weights)`."""
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    reference_free: bool  # scores are the policy's log-probs: no reference model at all
+
+
+# One entry per objective: adding one is one function and one line here.
+OBJECTIVES: dict[str, Objective] = {
+    "dmpo": Objective(dmpo, reference_free=False),
+    "sdpo": Objective(sdpo, reference_free=False),
+    "mppo": Objective(mppo, reference_free=True),
+}
+LOSS_TYPES = tuple(OBJECTIVES)
+
+
+def conservative_loss(logit: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    r"""Per-example loss of a logit z, with conservative label smoothing (cDPO) when `label_smoothing` > 0.
+
+        L = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)
+
+    i.e. the preference (chosen over every negative) is assumed flipped with probability eps in [0, 0.5);
+    eps = 0 is the plain -log sigmoid(z).
+    """
+    if label_smoothing == 0.0:
+        return -F.logsigmoid(logit)
+    return -(1.0 - label_smoothing) * F.logsigmoid(logit) - label_smoothing * F.logsigmoid(-logit)
+
+
+def chosen_nll_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    r"""Mean negative log-likelihood per token of the chosen completions of a batch (RPO; TRL's `"sft"` term).
+
+        L_nll = -(sum_i log pi(y+_i | x_i)) / (sum_i |y+_i|)
+
+    One scalar per batch, as TRL computes it: every chosen token of the batch weighs the same.
+
+    Args:
+        chosen_logps: (B,) log pi(y+|x), summed over the completion tokens.
+        chosen_lengths: (B,) number of completion tokens scored in each `chosen_logps`.
+    """
+    return -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1).to(chosen_logps.dtype)
 
 
 def multi_negative_loss(
@@ -186,16 +256,25 @@ def multi_negative_loss(
     margin: float = 6.0,
     beta_scale: float = 0.5,
     rejected_mask: torch.Tensor | None = None,
+    reference_free: bool = False,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-example DMPO / S-DPO / MPPO loss with DynamicPO's boundary selection and dual-margin beta.
+    r"""Per-example DMPO / S-DPO / MPPO loss with DynamicPO's boundary selection and dual-margin beta.
+
+        S = boundary set B (`boundary_and_easy_sets`) with selection on, every negative otherwise
+        beta_j = dual-margin beta (`dual_margin_beta`) with dynamic beta on, `beta` otherwise
+        z = objective logit over S (`dmpo`, `sdpo`, `mppo`),   L = conservative_loss(z, label_smoothing)
+
+    Selection and beta_j are computed on the detached policy log-probs (no gradient flows through them). The
+    scores s are log pi - log pi_ref, or the policy log-probs for a reference-free objective.
 
     Args:
         chosen_logps: (B,) policy log p(y+|x), summed over completion tokens.
         rejected_logps: (B, K) policy log p(y_j|x).
-        ref_chosen_logps: (B,) reference log-probs, or None for "mppo" (reference-free).
-        ref_rejected_logps: (B, K) reference log-probs, or None for "mppo".
-        beta: base inverse temperature.
-        loss_type: "dmpo", "sdpo" or "mppo".
+        ref_chosen_logps: (B,) reference log-probs; None (ignored) when reference-free.
+        ref_rejected_logps: (B, K) reference log-probs; None (ignored) when reference-free.
+        beta: base inverse temperature (the DynamicPO paper uses 1.0).
+        loss_type: "dmpo", "sdpo" or "mppo" (a key of `OBJECTIVES`).
         boundary_selection: use only the boundary negatives (otherwise all of them).
         dynamic_beta: per-negative dual-margin beta (otherwise `beta` everywhere).
         margin: the margin m of the dual-margin formula.
@@ -203,8 +282,10 @@ def multi_negative_loss(
         rejected_mask: (B, K) bool, False marks padding negatives (rows with fewer negatives). Every row needs at
             least one valid negative (not checked here, to keep the step free of host syncs; the trainer validates
             its data). Padding takes part in nothing and receives no gradient.
+        reference_free: score DMPO / S-DPO on the policy log-probs alone (MPPO always is reference-free).
+        label_smoothing: eps of the conservative loss, in [0, 0.5).
 
-    Conventions (SPEC leaves these open):
+    Conventions (the paper leaves these open; `docs/method.md` lists them all):
         * Clustering sorts ascending and stably; among exactly equal errors the first cut points win.
         * With selection off and dynamic beta on, the dual-margin beta applies to every negative, with the easy
           set E computed as with selection on.
@@ -216,13 +297,19 @@ def multi_negative_loss(
             `used_clustering` (B,) bool; `betas`, `d_pb`, `d_be`, `rejected_rewards` (B, K), zero at padding
             (`betas` also zero outside the selected set); `chosen_rewards`, `reward_accuracy`,
             `boundary_grad_share` (B,): share of |dL/dp_j| summed over the selected negatives that reaches the
-            boundary ones (1 with selection on; computed without the common sigmoid factor, so it stays defined
-            when the loss saturates).
+            boundary ones (1 with selection on; computed without the common per-example factor, so it stays
+            defined when the loss saturates).
     """
-    if loss_type not in LOSS_TYPES:
+    if loss_type not in OBJECTIVES:
         raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
-    if loss_type != "mppo" and (ref_chosen_logps is None or ref_rejected_logps is None):
-        raise ValueError(f"loss_type={loss_type!r} needs reference log-probs; only 'mppo' is reference-free.")
+    objective = OBJECTIVES[loss_type]
+    uses_reference = not (objective.reference_free or reference_free)
+    if uses_reference and (ref_chosen_logps is None or ref_rejected_logps is None):
+        raise ValueError(
+            f"loss_type={loss_type!r} needs reference log-probs (or reference_free=True); 'mppo' is reference-free."
+        )
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must lie in [0, 0.5); got {label_smoothing}.")
     if rejected_logps.dim() != 2 or chosen_logps.shape != rejected_logps.shape[:1]:
         raise ValueError(
             f"Expected chosen_logps (B,) and rejected_logps (B, K); got {tuple(chosen_logps.shape)} and "
@@ -249,21 +336,21 @@ def multi_negative_loss(
             betas = torch.where(valid, torch.full_like(betas, beta), 0.0)
         betas = torch.where(selected, betas, 0.0)
 
-    if loss_type == "mppo":
-        chosen_scores, rejected_scores = p_pos, p_neg
-    else:
+    if uses_reference:
         chosen_scores = p_pos - ref_chosen_logps.to(compute_dtype)
         ref_neg = torch.where(valid, ref_rejected_logps.to(compute_dtype), ref_chosen_logps.to(compute_dtype)[:, None])
         rejected_scores = p_neg - ref_neg
+    else:
+        chosen_scores, rejected_scores = p_pos, p_neg
 
-    logit = _objective(loss_type, chosen_scores, rejected_scores, betas, selected)
-    losses = -F.logsigmoid(logit)
+    logit, weights = objective.fn(chosen_scores, rejected_scores, betas, selected)
+    losses = conservative_loss(logit, label_smoothing)
 
     with torch.no_grad():
         chosen_rewards = beta * chosen_scores.detach()
         rejected_rewards = torch.where(valid, beta * rejected_scores.detach(), 0.0)
         beaten = (chosen_rewards[:, None] > rejected_rewards) | ~valid
-        grads = _gradient_weights(loss_type, rejected_scores.detach(), chosen_scores.detach(), betas, selected)
+        grads = torch.where(selected, weights.detach(), 0.0)
         total = grads.sum(dim=1)
         to_boundary = torch.where(boundary, grads, 0.0).sum(dim=1)
         share = torch.where(total > 0, to_boundary / total.clamp(min=torch.finfo(total.dtype).tiny), 1.0)

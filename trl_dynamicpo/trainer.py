@@ -15,23 +15,26 @@ import textwrap
 import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model, tqdm
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, IterableDataset, concatenate_datasets
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.utils import logging
 from trl import DPOTrainer
 
 from .compat import (
+    DPO_PAIRWISE_COLLATORS,
     attention_implementation,
     disable_gradient_checkpointing,
     get_config_model_id,
-    prepare_deepspeed,
+    no_reference_model,
+    precompute_cache,
+    precompute_engine,
     use_adapter,
 )
 from .config import DynamicPOConfig
-from .losses import multi_negative_loss
+from .losses import OBJECTIVES, chosen_nll_loss, multi_negative_loss
 from .packing import DataCollatorForMultiNegative, completion_logps, forward_completions, resolve_shared_prefix
-from .preprocessing import prepare_preference_dataset
+from .preprocessing import check_text_only, prepare_preference_dataset, text_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -97,9 +100,13 @@ class DynamicPOTrainer(DPOTrainer):
 
     A drop-in replacement for [`~trl.DPOTrainer`]: same constructor, same model/PEFT/quantization handling, same
     logging. The dataset has `prompt`, `chosen` and `rejected` columns where `rejected` is a list of K >= 1
-    negatives (K may differ between rows) or a single completion, in standard or conversational format.
+    negatives (K may differ between rows) or a single completion, in standard or conversational format, optionally
+    with TRL's `tools` and `chat_template_kwargs` columns. With K = 1 and `dynamic_beta=False`, DMPO and S-DPO are
+    TRL's DPO loss (same tokens, losses and gradients); with the defaults, boundary selection and the dual-margin beta
+    on, they are not (selection keeps the single negative at K = 1; the dual-margin beta still changes beta).
+    `docs/trl_parity.md` lists how every `DPOConfig` option is honoured.
 
-    Example:
+    Example (the DynamicPO paper's setting is `beta=1.0`; `DynamicPOConfig` keeps `DPOConfig`'s 0.1):
 
     ```python
     >>> from datasets import Dataset
@@ -109,7 +116,7 @@ class DynamicPOTrainer(DPOTrainer):
     ...     {"prompt": "The user listened to Muse, Placebo. Next:", "chosen": " Radiohead",
     ...      "rejected": [" Shakira", " Dolly Parton", " Slayer"]},
     ... ])
-    >>> trainer = DynamicPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=DynamicPOConfig("out"),
+    >>> trainer = DynamicPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=DynamicPOConfig("out", beta=1.0),
     ...                            train_dataset=dataset)
     >>> trainer.train()
     ```
@@ -118,7 +125,9 @@ class DynamicPOTrainer(DPOTrainer):
         model, ref_model, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
         optimizers, quantization_config, peft_config: as for [`~trl.DPOTrainer`]. The reference is `ref_model`, or
             the PEFT model with its adapter disabled (or TRL's "ref" adapter), or precomputed log-probs; MPPO
-            (`multi_negative_loss="mppo"`) is reference-free and loads no reference model.
+            (`multi_negative_loss="mppo"`) and `reference_free=True` load no reference model and run no reference
+            forward. A multimodal processor works on text-only data (its tokenizer tokenizes the text); image data is
+            refused. `compute_metrics` receives the per-completion log-probs (see `prediction_step`).
         args ([`DynamicPOConfig`], *optional*): configuration; a default one is built when `None`.
     """
 
@@ -161,13 +170,26 @@ class DynamicPOTrainer(DPOTrainer):
                 f"DynamicPOTrainer needs a DynamicPOConfig (a trl.DPOConfig subclass), got {type(args).__name__}. "
                 "Replace `DPOConfig(...)` by `DynamicPOConfig(...)`; every DPOConfig argument is accepted."
             )
-        self._reference_free = args.multi_negative_loss == "mppo"
+        self._reference_free = OBJECTIVES[args.multi_negative_loss].reference_free or args.reference_free
         if self._reference_free:
+            objective = f"multi_negative_loss={args.multi_negative_loss!r}" + (
+                " with reference_free=True" if args.reference_free else ""
+            )
             if ref_model is not None:
-                logger.warning("multi_negative_loss='mppo' is reference-free: the `ref_model` passed is not used.")
+                logger.warning(f"{objective} is reference-free: the `ref_model` passed is not used.")
                 ref_model = None
             if args.sync_ref_model:
-                raise ValueError("sync_ref_model=True has no meaning for the reference-free 'mppo' objective.")
+                raise ValueError(f"sync_ref_model=True has no meaning for {objective}, which is reference-free.")
+            if args.precompute_ref_log_probs:
+                logger.warning(f"precompute_ref_log_probs=True has no effect: {objective} is reference-free.")
+        if isinstance(data_collator, DPO_PAIRWISE_COLLATORS):
+            raise TypeError(
+                f"data_collator={type(data_collator).__name__} is TRL's pairwise collator, which cannot batch K "
+                "negatives. Leave `data_collator` unset: DynamicPOTrainer builds its `DataCollatorForMultiNegative`."
+            )
+        for name, dataset in [("train", train_dataset), *_named_datasets(eval_dataset)]:
+            if isinstance(dataset, (Dataset, IterableDataset)):
+                check_text_only(next(iter(dataset)), name)  # before TRL's vision branch takes over
 
         # With neither a reference model, PEFT nor precomputed log-probs, DPOTrainer reloads the policy from its
         # name; an instantiated model is copied instead, which is its initial state and needs no hub access.
@@ -181,26 +203,38 @@ class DynamicPOTrainer(DPOTrainer):
         ):
             ref_model = copy.deepcopy(model)
 
-        # The parent builds its pairwise collator when `data_collator` is None, so build ours first, with TRL's
-        # pad-token fallback, before the parent settles the pad token.
+        # The parent builds its pairwise collator when `data_collator` is None, so build ours first, settling the
+        # pad token as TRL does (and with its check), before the parent sees it.
         if processing_class is None:
-            source = model if isinstance(model, str) else get_config_model_id(model.config)
-            processing_class = AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-        tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
-        tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+            source, revision = model, (args.model_init_kwargs or {}).get("revision")
+            if not isinstance(model, str):
+                source, revision = get_config_model_id(model.config), None
+            processing_class = AutoProcessor.from_pretrained(
+                source, revision=revision, trust_remote_code=args.trust_remote_code
+            )
+        if not isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
+            raise TypeError("The `processing_class` must be either a `PreTrainedTokenizerBase` or a `ProcessorMixin`")
+        tokenizer = text_tokenizer(processing_class)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
         if data_collator is None:
+            pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+            if pad_token not in tokenizer.get_vocab():  # TRL's check and wording
+                raise ValueError(
+                    f"The specified `pad_token` ('{pad_token}') is not found in the vocabulary of the given "
+                    f"`processing_class` ({processing_class.__class__.__name__}). Ensure that the `pad_token` exists "
+                    "in the vocabulary before using it as a padding token."
+                )
+            tokenizer.pad_token = pad_token
             data_collator = DataCollatorForMultiNegative(
                 pad_token_id=tokenizer.pad_token_id,
                 shared_prefix=self._resolve_shared_prefix(model, args),
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
 
-        # DPOTrainer loads a reference model unless PEFT is used or reference log-probs are precomputed; MPPO needs
-        # none, so it passes through the precompute branch, which `_precompute_ref_logps` turns into a no-op.
-        precompute = args.precompute_ref_log_probs
-        if self._reference_free:
-            args.precompute_ref_log_probs = True
-        try:
+        # DPOTrainer loads a reference model unless PEFT is used or reference log-probs are precomputed; a
+        # reference-free objective needs none (see `no_reference_model`).
+        with no_reference_model(args) if self._reference_free else contextlib.nullcontext():
             super().__init__(
                 model=model,
                 ref_model=ref_model,
@@ -215,8 +249,6 @@ class DynamicPOTrainer(DPOTrainer):
                 quantization_config=quantization_config,
                 peft_config=peft_config,
             )
-        finally:
-            args.precompute_ref_log_probs = precompute
         if self._reference_free:
             self.precompute_ref_logps = False
             self.ref_model = None
@@ -269,13 +301,21 @@ class DynamicPOTrainer(DPOTrainer):
         return logps[:, 0], logps[:, 1:]
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        """Add `ref_chosen_logps` (float) and `ref_rejected_logps` (list of K floats) columns to `dataset`."""
+        """Add `ref_chosen_logps` (float) and `ref_rejected_logps` (list of K floats) columns to `dataset`.
+
+        Cached as TRL caches them: a file keyed by the dataset's fingerprint and the reference model's hash, so
+        that constructing the trainer again on the same data and model reads them instead of running the model.
+        """
         if self._reference_free or "ref_chosen_logps" in (dataset.column_names or []):
             return dataset
-        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
+        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):  # TRL's wording
             raise ValueError(
-                "precompute_ref_log_probs=True needs a map-style `datasets.Dataset`; set it to False for streaming data."
+                "`precompute_ref_log_probs=True` is not supported with IterableDataset. Please use a map-style "
+                "Dataset or set `precompute_ref_log_probs=False`."
             )
+        fingerprint, cache_file = precompute_cache(dataset, self._precompute_model_hash)
+        if os.path.exists(cache_file):
+            return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
         loader = self.accelerator.prepare(
             DataLoader(
                 dataset,
@@ -286,9 +326,7 @@ class DynamicPOTrainer(DPOTrainer):
             )
         )
         if self.ref_model is None and self.is_deepspeed_enabled:
-            if self._precompute_engine is None:
-                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
-            model = self._precompute_engine
+            model = precompute_engine(self)
         else:
             model = self.ref_model or self.model
         num_rejected = [len(r) for r in dataset["rejected_ids"]]
@@ -306,7 +344,26 @@ class DynamicPOTrainer(DPOTrainer):
             rejected.append(ref_rejected.float().cpu())
         chosen = torch.cat(chosen).tolist()
         rejected = [row[:k] for row, k in zip(torch.cat(rejected).tolist(), num_rejected)]
-        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+        if self.accelerator.is_main_process:
+
+            def columns(_, indices):
+                return {
+                    "ref_chosen_logps": [chosen[i] for i in indices],
+                    "ref_rejected_logps": [rejected[i] for i in indices],
+                }
+
+            dataset.map(
+                columns,
+                with_indices=True,
+                batched=True,
+                remove_columns=dataset.column_names,
+                new_fingerprint=fingerprint,
+                cache_file_name=cache_file,
+                desc=f"Caching reference log-probs for the {name} dataset",
+            )
+        self.accelerator.wait_for_everyone()
+        return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
 
     # ----------------------------------------------------------------------------------------------- the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -332,12 +389,24 @@ class DynamicPOTrainer(DPOTrainer):
             margin=self.args.beta_margin,
             beta_scale=self.args.beta_scale,
             rejected_mask=inputs["rejected_mask"],
+            reference_free=self._reference_free,
+            label_smoothing=self.args.label_smoothing,
         )
-        loss = losses.mean()
+        self._record_metrics(mode, outputs, inputs["rejected_mask"], stats)
+        loss = self._total_loss(losses, outputs)
+        return (loss, outputs.logps.detach()) if return_outputs else loss
+
+    def _total_loss(self, losses, outputs):
+        """TRL's sum over `loss_type` with `loss_weights` of the multi-negative objective ("sigmoid") and the NLL
+        term on the chosen answer ("sft", RPO), which keeps the chosen likelihood from falling while K negatives
+        push against it, plus the MoE router loss as `DPOTrainer` adds it."""
+        weights = self.args.objective_weights
+        loss = weights["sigmoid"] * losses.mean()
+        if weights["sft"]:
+            loss = loss + weights["sft"] * chosen_nll_loss(outputs.logps[:, 0], outputs.num_tokens[:, 0])
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-        self._record_metrics(mode, outputs, inputs["rejected_mask"], stats)
-        return (loss, None) if return_outputs else loss
+        return loss
 
     # Tokens of the training sequences seen so far (TRL's `num_tokens`), kept on the device between logging steps.
     _train_tokens: torch.Tensor | int = 0
@@ -384,8 +453,24 @@ class DynamicPOTrainer(DPOTrainer):
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Eval loss and, unless `prediction_loss_only`, the per-completion log-probs for `compute_metrics`.
+
+        Returns `(loss, predictions, label_ids)`: `predictions` is (B, 1 + K_max), the summed log-prob of the chosen
+        completion in column 0 and of the negatives after it, `-inf` where an example has fewer negatives;
+        `label_ids` is the matching mask, 1 where a column holds a completion. `Trainer` pads between batches of
+        different K_max with -100 in both, so use `label_ids == 1` as the mask (`docs/trl_parity.md` has an HR@1
+        metric).
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, logps = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        valid = F.pad(inputs["rejected_mask"], (1, 0), value=True)
+        return loss.detach(), logps.float().masked_fill(~valid, float("-inf")), valid.long()
 
+
+def _named_datasets(eval_dataset) -> list:
+    if isinstance(eval_dataset, dict):
+        return list(eval_dataset.items())
+    return [] if eval_dataset is None else [("eval", eval_dataset)]

@@ -10,8 +10,9 @@ three additions so that one file drives `sft`, `train` and `eval`:
 * a key that belongs to another command only (say `beta` while running `sft`) is ignored; a key that belongs
   to no command is an error, so typos do not pass silently.
 
-Precedence, lowest first: dataclass defaults, CPU-friendly defaults (`bf16: false` without a bf16 GPU), shared
-keys, the command's section, the variant, then command-line flags.
+Precedence, lowest first: dataclass defaults, the command's defaults (`train`: the paper's `beta: 1.0`), CPU-friendly
+defaults (`bf16: false` without a bf16 GPU), shared keys, the command's section, the variant, then command-line
+flags.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from typing import Any
 
 SECTIONS = ("sft", "train", "eval", "sweep", "quickstart")
 RESERVED = ("env", "variants", *SECTIONS)
+# Command defaults that differ from the dataclasses' (a recipe key or a flag wins): `train` uses the DynamicPO
+# paper's beta, while `DynamicPOConfig` keeps `DPOConfig`'s 0.1 so that TRL scripts behave as with TRL.
+COMMAND_DEFAULTS = {"train": {"beta": 1.0}}
 
 
 def pop_option(argv: list[str], name: str) -> str | None:
@@ -141,7 +145,7 @@ def parse_command(
     variant = pop_option(argv, "--variant")
     if variant is not None and config_path is None:
         raise SystemExit("error: --variant needs --config (variants are defined in the recipe)")
-    parser.set_defaults_with_config(**cpu_defaults(dataclass_types))
+    parser.set_defaults_with_config(**cpu_defaults(dataclass_types), **COMMAND_DEFAULTS.get(stage, {}))
     if config_path is not None:
         config = load_recipe(config_path)
         env = config.get("env") or {}
