@@ -63,3 +63,22 @@ def test_recommender_lm_builder(texts):
                                                   rms_norm_eps=1e-5)  # fmt: skip
     assert plain.config.rms_norm_eps == 1e-5  # config fields pass through
     assert len(plain_tokenizer) < len(tokenizer)  # no item tokens
+
+
+def test_a_saved_recommender_lm_reloads_with_the_same_tokenizer(texts, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, tokenizer = build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1,
+                                        output_dir=tmp_path)  # fmt: skip
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)  # what the CLI and the trainers do
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.vocab_size == len(reloaded)
+    for text in texts[:50] + ["Answer: Björk</s>", "History: Röyksopp,Sigur Rós,:wumpscut:."]:
+        assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"], text
+        assert reloaded.decode(reloaded(text)["input_ids"]) == text
+
+
+def test_non_ascii_item_names_decode_exactly(texts):
+    tokenizer = build_tokenizer(texts, vocab_size=300, items=["Björk", "Sigur Rós", "宇多田ヒカル"])
+    for name in ("Björk", "Sigur Rós", "宇多田ヒカル"):
+        ids = tokenizer(" " + name)["input_ids"]
+        assert len(ids) == 2 and tokenizer.decode(ids) == " " + name

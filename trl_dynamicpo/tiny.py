@@ -133,6 +133,7 @@ def build_recommender_lm(
     num_kv_heads: int | None = None,
     tie_embeddings: bool = True,
     max_position_embeddings: int = 1024,
+    arch: str = "llama",
     seed: int = 0,
     dtype=None,
     device=None,
@@ -151,11 +152,14 @@ def build_recommender_lm(
         tie_embeddings: share input and output embeddings (default here: a small model then learns to name the
             items it reads).
         max_position_embeddings: longest sequence.
+        arch: "llama" (default) or "qwen2". With "llama", `AutoTokenizer` reloads a saved tokenizer exactly as it
+            was built; transformers 5 rebuilds the tokenizer of a saved "qwen2" model as a byte-level Qwen2
+            tokenizer, which tokenizes differently (so load that one with `PreTrainedTokenizerFast`).
         seed: weight initialisation seed.
         dtype, device: where the weights are created.
         output_dir: when given, the model and the tokenizer are also saved there (loadable by every command).
-        model_kwargs: further `build_tiny_model` arguments (`arch`, `intermediate_size`, `attn_implementation`,
-            config fields).
+        model_kwargs: further `build_tiny_model` arguments (`intermediate_size`, `attn_implementation`, config
+            fields).
 
     Returns:
         (model, tokenizer).
@@ -165,6 +169,7 @@ def build_recommender_lm(
         num_kv_heads = num_heads // 2 if num_heads % 2 == 0 and hidden_size % 8 == 0 else num_heads
     model = build_tiny_model(
         tokenizer,
+        arch=arch,
         hidden_size=hidden_size,
         num_layers=num_layers,
         num_heads=num_heads,
