@@ -167,17 +167,36 @@ def cpu_defaults(dataclass_types: Sequence[type]) -> dict[str, Any]:
     return {"bf16": False, "use_cpu": True}
 
 
+def _make_positional(parser, dataclass_types: Sequence[type], names: Sequence[str]) -> None:
+    """Turn the fields `names` into positional arguments, in that order (`leak-free SRC DST`)."""
+    import argparse
+
+    help_texts = {f.name: f.metadata.get("help") for dc in dataclass_types for f in fields(dc)}
+    parser.set_defaults_with_config(**dict.fromkeys(names))  # the `--name` options stop being required...
+    for action in parser._actions:  # ...and leave the help (the attribute TRL's own defaults helper edits)
+        if action.dest in names and action.option_strings:
+            action.help = argparse.SUPPRESS
+    for name in names:
+        parser.add_argument(name, metavar=name.upper(), help=help_texts[name])
+
+
 def parse_command(
-    stage: str, dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None
+    stage: str,
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    positional: Sequence[str] = (),
 ) -> tuple:
     """Parse `argv` (`--config recipe.yaml [--variant NAME] --flag value ...`) into the dataclasses.
 
-    Returns one instance per dataclass type, in order.
+    `positional` names fields given as positional arguments instead of `--name VALUE` (the data tools' file
+    arguments). Returns one instance per dataclass type, in order.
     """
     from trl import TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types, prog=prog or f"trl-dynamicpo {stage}")
+    _make_positional(parser, dataclass_types, positional)
     config_path = pop_option(argv, "--config")
     variant = pop_option(argv, "--variant")
     if variant is not None and config_path is None:
@@ -192,7 +211,7 @@ def parse_command(
             os.environ[key] = str(value)
         merged = stage_config(config, stage, variant, str(config_path))
         own = _field_names(dataclass_types)
-        known = all_command_fields()
+        known = all_command_fields() | own
         unknown = sorted(k for k in merged if k not in known)
         if unknown:
             hints = []
