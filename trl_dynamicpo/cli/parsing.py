@@ -172,8 +172,10 @@ def _make_positional(parser, dataclass_types: Sequence[type], names: Sequence[st
     import argparse
 
     help_texts = {f.name: f.metadata.get("help") for dc in dataclass_types for f in fields(dc)}
-    parser.set_defaults_with_config(**dict.fromkeys(names))  # the `--name` options stop being required...
-    for action in parser._actions:  # ...and leave the help (the attribute TRL's own defaults helper edits)
+    # TrlParser made each of these a required `--name` option: no longer required, and hidden from the help (on the
+    # parser's actions, as TRL's `set_defaults_with_config` edits them), so that the positional form is the one shown.
+    parser.set_defaults_with_config(**dict.fromkeys(names))
+    for action in parser._actions:
         if action.dest in names and action.option_strings:
             action.help = argparse.SUPPRESS
     for name in names:
