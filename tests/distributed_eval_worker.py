@@ -2,7 +2,8 @@
 
 Each process writes `rank-<r>.json` to OUT_DIR: the metrics it returned and which prompts it built (one prompt is
 built per scored or generated prompt, so these are the prompts this process evaluated), for the ranking and
-generation protocols and for `RecEvalCallback.evaluate`, plus how many times it computed the baselines.
+generation protocols and for `RecEvalCallback.evaluate`, plus how many times it computed the baselines. Last, the
+ranking again with the group marked as FSDP (whose forward passes are collective: every process must run as many).
 
     torchrun --nproc_per_node 2 tests/distributed_eval_worker.py MODEL_DIR OUT_DIR NUM_PROMPTS
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trl_dynamicpo.recsys.evaluation as evaluation
@@ -52,9 +54,14 @@ def main(model_dir: str, out_dir: str, count: int) -> None:
                                      output_dir=out / "generation", show_progress=False)  # fmt: skip
     generated = builder.take()
     callback = RecEvalCallback(examples, builder, tokenizer, batch_size=2).evaluate(model, None)
+    callback_built = builder.take()
+    kind, state.distributed_type = state.distributed_type, DistributedType.FSDP
+    sharded_weights = evaluate_ranking(model, tokenizer, examples, builder, batch_size=2, show_progress=False)
+    state.distributed_type = kind
     record = {
         "ranking": ranking, "ranked": ranked, "generation": generation, "generated": generated,
-        "callback": callback, "callback_built": builder.take(), "baseline_calls": len(baseline_calls),
+        "callback": callback, "callback_built": callback_built, "baseline_calls": len(baseline_calls),
+        "sharded_weights": sharded_weights, "sharded_weights_built": builder.take(),
     }  # fmt: skip
     (out / f"rank-{state.process_index}.json").write_text(json.dumps(record), encoding="utf-8")
     state.destroy_process_group()

@@ -164,7 +164,8 @@ def test_callback_logs_rank_metrics_in_trainer(rec_tokenizer, examples, tmp_path
 
 def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer, tmp_path):
     """Under torchrun (2 CPU processes, gloo) each prompt is scored by exactly one process, every process returns the
-    single-process metrics, the main process alone writes the files and computes the baselines."""
+    single-process metrics, the main process alone writes the files and computes the baselines. When the weights are
+    sharded (FSDP), the shorter shard repeats a prompt so that both processes run as many forward passes."""
     import os
     import subprocess
     import sys
@@ -188,6 +189,8 @@ def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer,
         assert sorted(built[0] + built[1]) == list(range(count)), key  # each prompt once, by one process
         assert len(built[0]) == 4 and len(built[1]) == 3, key
     assert [rank["baseline_calls"] for rank in ranks] == [1, 0]
+    padded = [rank["sharded_weights_built"] for rank in ranks]
+    assert len(padded[0]) == len(padded[1]) == 4 and set(padded[0] + padded[1]) == set(range(count))
 
     examples, train = load_sample("val")[:count], load_sample("train")[:300]
     builder = PromptBuilder("music")
@@ -202,6 +205,7 @@ def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer,
         assert {key: rank["ranking"][key] for key in reference} == pytest.approx(reference, abs=1e-9)
         assert rank["ranking"]["baselines"] == one_ranking["baselines"]
         assert rank["ranking"]["leak_check"] == one_ranking["leak_check"]
+        assert rank["sharded_weights"] == pytest.approx(reference, abs=1e-9)
         assert rank["generation"] == one_generation
         expected = {f"eval_rank_{key}": value for key, value in reference.items() if key != "n"}
         assert rank["callback"] == pytest.approx(expected, abs=1e-9)
