@@ -1,7 +1,7 @@
 import pytest
 
 from trl_dynamicpo.recsys import TEMPLATES, PromptBuilder, RecExample, preference_dataset, sft_dataset
-from trl_dynamicpo.recsys.datasets import sample_negatives
+from trl_dynamicpo.recsys.training_data import sample_negatives
 
 
 EXAMPLES = [
@@ -77,3 +77,63 @@ def test_preference_dataset_all_and_sampled_negatives():
 
     with pytest.raises(ValueError, match="row 0: num_negatives=5"):
         preference_dataset(EXAMPLES, builder, num_negatives=5)
+
+
+# --------------------------------------------------------------------------------------------- history labels
+@pytest.fixture(scope="module")
+def item_tokenizer():
+    from trl_dynamicpo.recsys import sample_catalogue
+    from trl_dynamicpo.tiny import build_tokenizer
+
+    names = {n for ex in EXAMPLES for n in (*ex.history, *ex.candidates)} | set(sample_catalogue()[:200])
+    corpus = [PromptBuilder("music").build(ex, i) + " " + ex.target for i, ex in enumerate(EXAMPLES)] * 20
+    return build_tokenizer(corpus, vocab_size=400, items=sorted(names))
+
+
+def _labelled_text(tokenizer, row) -> list[str]:
+    return [tokenizer.decode([t]) for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_history_loss_labels_history_items_and_answer_only(item_tokenizer, conversational):
+    from trl_dynamicpo.preprocessing import tokenize_completions
+
+    builder = PromptBuilder(template="History: {history}.\nCandidates: {candidates}.", separator=",",
+                            conversational=conversational)  # fmt: skip
+    rows = sft_dataset(EXAMPLES, builder, history_loss=True, tokenizer=item_tokenizer)
+    assert rows.column_names == ["input_ids", "labels"]
+    for i, ex in enumerate(EXAMPLES):
+        row = rows[i]
+        prompt_ids, (answer_ids,) = tokenize_completions(
+            item_tokenizer, builder.build(ex, i), [builder.completion(ex.target)], add_eos=True
+        )
+        assert row["input_ids"] == prompt_ids + answer_ids  # the trainers' tokenization
+        assert row["labels"][len(prompt_ids):] == answer_ids  # the whole answer (and EOS) is labelled
+        labelled_prompt = [item_tokenizer.decode([t]) for t, label in zip(prompt_ids, row["labels"]) if label != -100]
+        assert [s.strip() for s in labelled_prompt] == ex.history[1:]  # items 2..n; the first has no predecessor
+        assert not set(labelled_prompt) & set(ex.candidates)  # never a candidate list
+
+
+def test_history_loss_off_keeps_the_prompt_completion_format():
+    rows = sft_dataset(EXAMPLES, PromptBuilder("music"))
+    assert rows.column_names == ["prompt", "completion"] and rows[0]["completion"] == " Björk"
+
+
+def test_history_loss_with_multi_token_names_labels_every_piece():
+    from trl_dynamicpo.preprocessing import tokenize_completions
+    from trl_dynamicpo.tiny import build_tokenizer
+
+    corpus = [PromptBuilder("music").build(ex, i) for i, ex in enumerate(EXAMPLES)] * 10
+    plain_bpe = build_tokenizer(corpus, vocab_size=120)  # no item tokens: names split into several pieces
+    builder = PromptBuilder(template="Seen: {history}. Pick: {candidates}.")
+    example = EXAMPLES[2]  # history Pixies, Air, Moby; candidates Shakira, Muse, Enigma, Madonna
+    row = sft_dataset([example], builder, history_loss=True, tokenizer=plain_bpe)[0]
+    prompt_ids, _ = tokenize_completions(plain_bpe, builder.build(example, 0), [" Shakira"], add_eos=True)
+    pieces = [plain_bpe.decode([t]) for t, label in zip(prompt_ids, row["labels"]) if label != -100]
+    assert len(pieces) > 2  # several tokens per name
+    assert "".join(pieces).split() == ["Air", "Moby"]  # "Pixies" (first) unlabelled, no separator, no candidate
+
+
+def test_history_loss_needs_a_fast_tokenizer():
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        sft_dataset(EXAMPLES, PromptBuilder("music"), history_loss=True)

@@ -114,6 +114,14 @@ class RecDataArguments:
         default=None,
         metadata={"help": "Use the first this many validation / test prompts (for quick runs)."},
     )
+    history_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "`sft`: also put the loss on the history items (next-item prediction at every history position, "
+            "on top of the answer; instruction words and candidates stay unlabelled). Strongly helps small models "
+            "learn the catalogue (the quickstart and the sweep presets turn it on); a choice to test for real LLMs."
+        },
+    )
     skip_bad_rows: bool = field(
         default=False,
         metadata={"help": "Skip malformed rows (counted in the log) instead of stopping with an error."},
@@ -123,6 +131,13 @@ class RecDataArguments:
         metadata={
             "help": "During training, also rank the candidates of this many validation prompts at every evaluation "
             "and log HR@k / NDCG@k as `eval_rank_*` (0: off)."
+        },
+    )
+    rank_eval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also run that ranking every this many optimiser steps, without the trainer's evaluation loop "
+            "(needs rank_eval_samples; per-step HR@1 curves at the cost of one small ranking pass each time)."
         },
     )
 

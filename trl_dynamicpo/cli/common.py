@@ -108,4 +108,10 @@ def rank_eval_callback(data_args, eval_examples, builder, tokenizer, batch_size:
         return None
     from trl_dynamicpo.recsys import RecEvalCallback
 
-    return RecEvalCallback(eval_examples[: data_args.rank_eval_samples], builder, tokenizer, batch_size=batch_size)
+    return RecEvalCallback(
+        eval_examples[: data_args.rank_eval_samples],
+        builder,
+        tokenizer,
+        batch_size=batch_size,
+        eval_steps=data_args.rank_eval_steps,
+    )

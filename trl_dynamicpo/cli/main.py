@@ -20,6 +20,7 @@ COMMANDS = {
     "sft": ("trl_dynamicpo.cli.sft", "main", "supervised fine-tuning on (prompt, target item)"),
     "train": ("trl_dynamicpo.cli.train", "main", "DynamicPO / DMPO / S-DPO / MPPO preference training"),
     "eval": ("trl_dynamicpo.cli.evaluate", "main", "ranking (HR@k, NDCG@k) and generation (HR@1, ValidRatio)"),
+    "sweep": ("trl_dynamicpo.cli.sweep", "main", "K x objective x variant grid with seeds, paired statistics, plots"),
     "quickstart": ("trl_dynamicpo.cli.quickstart", "main", "offline CPU demo: tiny model, SFT, DynamicPO, eval"),
     "leak-free": ("trl_dynamicpo.recsys.tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
     "leak-check": ("trl_dynamicpo.recsys.tools", "main_leak_check", "measure how much candidate lists leak"),
@@ -37,6 +38,7 @@ examples:
   trl-dynamicpo sft   --config recipes/lastfm/llama3_8b_qlora.yaml
   trl-dynamicpo train --config recipes/lastfm/llama3_8b_qlora.yaml [--variant dmpo_plain]
   trl-dynamicpo eval  --config recipes/lastfm/llama3_8b_qlora.yaml --protocol both
+  trl-dynamicpo sweep --config recipes/lastfm/llama3_8b_qlora.yaml --ks 1 5 15 --objectives dmpo --seeds 0 1 2
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m trl_dynamicpo train --config ...
   trl-dynamicpo leak-free train.json train.leak_free.jsonl.gz --catalogue items.txt
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-SECTIONS = ("sft", "train", "eval", "quickstart")
+SECTIONS = ("sft", "train", "eval", "sweep", "quickstart")
 RESERVED = ("env", "variants", *SECTIONS)
 BASE_KEY = "base"
 
@@ -132,9 +132,10 @@ def all_command_fields() -> set[str]:
     from trl_dynamicpo.config import DynamicPOConfig
 
     from .arguments import EvalArguments, QuickstartArguments, RecDataArguments
+    from .sweep import SweepArguments
 
     return _field_names(
-        (RecDataArguments, EvalArguments, QuickstartArguments, SFTConfig, DynamicPOConfig, ModelConfig)
+        (RecDataArguments, EvalArguments, QuickstartArguments, SweepArguments, SFTConfig, DynamicPOConfig, ModelConfig)
     )
 
 

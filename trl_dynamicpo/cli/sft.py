@@ -35,11 +35,16 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
     if not data.train:
         raise ValueError("`sft` needs training prompts (train_file, or no file at all for the bundled sample).")
     builder = prompt_builder(data_args)
-    train_dataset = sft_dataset(data.train, builder)
-    eval_dataset = sft_dataset(data.eval, builder) if data.eval and training_args.eval_strategy != "no" else None
     tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
+
+    def dataset(examples):
+        return sft_dataset(examples, builder, history_loss=data_args.history_loss, tokenizer=tokenizer)
+
+    train_dataset = dataset(data.train)
+    eval_dataset = dataset(data.eval) if data.eval and training_args.eval_strategy != "no" else None
     rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
-    logger.info("SFT on %d prompts (%s candidates), model %s", len(data.train), data_args.candidates, path)
+    logger.info("SFT on %d prompts (%s candidates, loss on %s), model %s", len(data.train), data_args.candidates,
+                "history items and answer" if data_args.history_loss else "the answer", path)  # fmt: skip
     trainer = train_with_callbacks(
         SFTTrainer,
         training_args,

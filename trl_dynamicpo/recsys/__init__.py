@@ -5,7 +5,7 @@ Modules:
 - `readers`: `RecExample`, `read_catalogue`, `read_examples`, `write_examples` (S-DPO file format).
 - `candidates`: `leak_free_candidates`, `make_leak_free_file`, `leak_check` (the public lists leak the target).
 - `prompts`: `PromptBuilder` and the domain templates (text boundary convention documented there).
-- `datasets`: `sft_dataset`, `preference_dataset` (TRL prompt-completion / multi-negative preference formats).
+- `training_data`: `sft_dataset`, `preference_dataset` (TRL prompt-completion / multi-negative preference formats).
 - `metrics`: `parse_answer`, `generation_metrics`, `ranking_metrics`.
 - `baselines`: random, popularity and transition baselines, `baseline_metrics`.
 - `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`.
@@ -33,9 +33,9 @@ _LAZY = {
     "PromptBuilder": "prompts",
     "TEMPLATES": "prompts",
     "ANSWER_CUE": "prompts",
-    "sft_dataset": "datasets",
-    "preference_dataset": "datasets",
-    "sample_negatives": "datasets",
+    "sft_dataset": "training_data",
+    "preference_dataset": "training_data",
+    "sample_negatives": "training_data",
     "parse_answer": "metrics",
     "generation_metrics": "metrics",
     "ranking_metrics": "metrics",
@@ -102,13 +102,13 @@ __all__ = [
 if TYPE_CHECKING:
     from .baselines import baseline_metrics, item_counts, popularity_baseline, random_baseline, transition_baseline
     from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
-    from .datasets import preference_dataset, sample_negatives, sft_dataset
     from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
     from .prompts import ANSWER_CUE, TEMPLATES, PromptBuilder
     from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples
     from .sample import build_sample, load_sample, sample_catalogue, sample_path
     from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
+    from .training_data import preference_dataset, sample_negatives, sft_dataset
 
 
 def __getattr__(name):

@@ -399,4 +399,8 @@ class RecEvalCallback(TrainerCallback):
             return
         results, fresh = self._run(state, model, processing_class)
         if results is not None and fresh:
+            # `trainer.log` clears `should_log`, which would drop the trainer's own loss log of this step.
+            should_log = control.should_log
             self._record(state, results, merge=False)
+            control.should_log = should_log
+            return control

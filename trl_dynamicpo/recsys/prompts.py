@@ -86,8 +86,32 @@ _PLACEHOLDER = re.compile(r"\{(history|candidates)\}")
 
 def render_template(template: str, history: Sequence[str], candidates: Sequence[str], separator: str = ", ") -> str:
     """Fill `{history}` and `{candidates}` in `template` with the names joined by `separator` (single pass)."""
-    values = {"history": separator.join(history), "candidates": separator.join(candidates)}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return render_template_with_spans(template, history, candidates, separator)[0]
+
+
+def render_template_with_spans(
+    template: str, history: Sequence[str], candidates: Sequence[str], separator: str = ", "
+) -> tuple[str, list[tuple[int, int]]]:
+    """`render_template`, plus the character span `(start, end)` of every history item in the rendered text, in
+    history order (a template that repeats `{history}` gives each occurrence's spans)."""
+    values = {"history": history, "candidates": candidates}
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length, last = 0, 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append(template[last : match.start()])
+        length += match.start() - last
+        for j, name in enumerate(values[match.group(1)]):
+            if j:
+                parts.append(separator)
+                length += len(separator)
+            if match.group(1) == "history":
+                spans.append((length, length + len(name)))
+            parts.append(name)
+            length += len(name)
+        last = match.end()
+    parts.append(template[last:])
+    return "".join(parts), spans
 
 
 class PromptBuilder:
@@ -143,8 +167,18 @@ class PromptBuilder:
 
     def text(self, example: RecExample, index: int) -> str:
         """The prompt body (without the answer cue) for `example` at row `index`."""
+        return self.text_with_spans(example, index)[0]
+
+    def text_with_spans(self, example: RecExample, index: int) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt body and the character span of each history item in it (see `render_template_with_spans`).
+
+        The body is the start of the standard-format prompt and the content of the conversational user message,
+        so the spans hold in both.
+        """
         template = self.templates[self.template_index(index)]
-        return render_template(template, example.history, example.candidates, self.separator).rstrip()
+        text, spans = render_template_with_spans(template, example.history, example.candidates, self.separator)
+        body = text.rstrip()
+        return body, [(a, b) for a, b in spans if b <= len(body)]
 
     def build(self, example: RecExample, index: int) -> str | list[dict[str, Any]]:
         """The prompt for `example` at row `index`: a string ending with the answer cue, or a user message list."""
