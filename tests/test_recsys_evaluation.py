@@ -192,12 +192,16 @@ def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer,
     padded = [rank["sharded_weights_built"] for rank in ranks]
     assert len(padded[0]) == len(padded[1]) == 4 and set(padded[0] + padded[1]) == set(range(count))
 
+    # One process, on the model and tokenizer as the workers load them.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     examples, train = load_sample("val")[:count], load_sample("train")[:300]
     builder = PromptBuilder("music")
-    one_ranking = evaluate_ranking(rec_model, rec_tokenizer, examples, builder, batch_size=2,
+    one_ranking = evaluate_ranking(model, tokenizer, examples, builder, batch_size=2,
                                    output_dir=tmp_path / "one" / "ranking", show_progress=False,
                                    train_examples=train)  # fmt: skip
-    one_generation = evaluate_generation(rec_model, rec_tokenizer, examples, builder, batch_size=2, max_new_tokens=4,
+    one_generation = evaluate_generation(model, tokenizer, examples, builder, batch_size=2, max_new_tokens=4,
                                          output_dir=tmp_path / "one" / "generation", show_progress=False)  # fmt: skip
     reference = {key: value for key, value in one_ranking.items() if key not in ("baselines", "leak_check")}
     for rank in ranks:  # every process returns the whole result
