@@ -101,7 +101,7 @@ def main():
             "beta": 1.0,
         },
         "eval": {"model_name_or_path": str(out / "dynamicpo"), "protocol": "both", "batch_size": 32},
-        "variants": {"dmpo": {"boundary_selection": False, "dynamic_beta": False, "output_dir": str(out / "dmpo")}},
+        "variants": {"dmpo_plain": {"boundary_selection": False, "dynamic_beta": False, "output_dir": str(out / "dmpo")}},
     }
     if args.model_name_or_path is not None:  # a real LLM: LoRA-sized learning rates
         recipe["sft"]["learning_rate"], recipe["train"]["learning_rate"] = 1e-4, 1e-5
@@ -115,7 +115,7 @@ def main():
         ["eval", "--config", str(config)],
     ]
     if args.compare_dmpo:
-        commands += [["train", "--config", str(config), "--variant", "dmpo"], ["eval", "--config", str(config), "--variant", "dmpo"]]
+        commands += [["train", "--config", str(config), "--variant", "dmpo_plain"], ["eval", "--config", str(config), "--variant", "dmpo_plain"]]
     if args.launch:
         print("\n".join("trl-dynamicpo " + " ".join(c) for c in commands))
         return

@@ -1,4 +1,7 @@
-"""The `trl-dynamicpo` command line: sft -> train -> eval end to end in real subprocesses, and the parser rules."""
+"""The `trl-dynamicpo` command line: sft -> train -> eval end to end in real subprocesses, and the parser rules.
+
+The pipeline runs once per module (`pipeline`); each `test_pipeline_*` checks one property of that run.
+"""
 
 import json
 import os
@@ -12,25 +15,14 @@ import yaml
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """A tiny model + tokenizer for the bundled LastFM sample, saved so that the CLI can load it by path."""
-    from trl_dynamicpo.recsys import PromptBuilder, load_sample, sample_catalogue
-    from trl_dynamicpo.tiny import build_recommender_lm
-
-    path = tmp_path_factory.mktemp("base")
-    texts = PromptBuilder().training_texts(load_sample("train")[:64])
-    build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1, output_dir=path)
-    return path
+EVAL_SAMPLES = 8
 
 
 def tiny_recipe(base, out: Path) -> dict:
     return {
         "model_name_or_path": str(base),
         "max_train_samples": 16,
-        "max_eval_samples": 8,
+        "max_eval_samples": EVAL_SAMPLES,
         "num_negatives": 3,
         "per_device_train_batch_size": 4,
         "per_device_eval_batch_size": 4,
@@ -54,7 +46,9 @@ def tiny_recipe(base, out: Path) -> dict:
             "rank_eval_samples": 4,
         },
         "eval": {"model_name_or_path": str(out / "dynamicpo"), "batch_size": 8, "max_new_tokens": 4},
-        "variants": {"dmpo": {"boundary_selection": False, "dynamic_beta": False, "output_dir": str(out / "dmpo")}},
+        "variants": {
+            "dmpo_plain": {"boundary_selection": False, "dynamic_beta": False, "output_dir": str(out / "dmpo")}
+        },
     }
 
 
@@ -70,53 +64,97 @@ def run_cli(*args, timeout=300):
     return result
 
 
-def test_sft_train_eval_subprocesses(base_model, tmp_path):
-    """sft -> train -> eval through the real entry points, with a YAML recipe and a flag override."""
-    config = write_yaml(tmp_path / "recipe.yaml", tiny_recipe(base_model, tmp_path))
+@pytest.fixture(scope="module")
+def pipeline(slice_data, tmp_path_factory):
+    """sft -> train -> eval through the real entry points, once: a YAML recipe (the slice's files and model) and a
+    flag that overrides it (`--beta 0.5` on `train`)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    recipe = tiny_recipe(slice_data["model_name_or_path"], out)
+    recipe.update({key: value for key, value in slice_data.items() if key != "model_name_or_path"})
+    config = write_yaml(out / "recipe.yaml", recipe)
     console = shutil.which("trl-dynamicpo")
-    sft_cmd = [console] if console else [sys.executable, "-m", "trl_dynamicpo"]
-    run_cli(*sft_cmd, "sft", "--config", str(config))
-    sft_dir = tmp_path / "sft"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "trainer_state.json"):
-        assert (sft_dir / name).exists(), name
-    sft_record = json.loads((sft_dir / "trl_dynamicpo_run.json").read_text())
-    assert sft_record["command"] == "sft" and sft_record["training"]["max_steps"] == 2
-
-    # The flag overrides the recipe's `beta: 1.0`; the recipe's section still sets everything else.
+    run_cli(*([console] if console else [sys.executable, "-m", "trl_dynamicpo"]), "sft", "--config", str(config))
     run_cli(sys.executable, "-m", "trl_dynamicpo", "train", "--config", str(config), "--beta", "0.5")
-    dpo_dir = tmp_path / "dynamicpo"
-    record = json.loads((dpo_dir / "trl_dynamicpo_run.json").read_text())
-    assert record["training"]["beta"] == 0.5
-    assert record["training"]["learning_rate"] == 1e-3 and record["training"]["max_steps"] == 2
+    evaluation = run_cli(sys.executable, "-m", "trl_dynamicpo", "eval", "--config", str(config), "--protocol", "both")
+    dpo = out / "dynamicpo"
+    return {
+        "sft": out / "sft",
+        "dynamicpo": dpo,
+        "record": json.loads((dpo / "trl_dynamicpo_run.json").read_text()),
+        "history": json.loads((dpo / "trainer_state.json").read_text())["log_history"],
+        "metrics": json.loads((dpo / "eval" / "metrics.json").read_text()),
+        "eval_stdout": evaluation.stdout,
+    }
+
+
+def test_pipeline_sft_saves_model_tokenizer_card_and_record(pipeline):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "trainer_state.json"):
+        assert (pipeline["sft"] / name).exists(), name
+    record = json.loads((pipeline["sft"] / "trl_dynamicpo_run.json").read_text())
+    assert record["command"] == "sft" and record["training"]["max_steps"] == 2
+
+
+def test_pipeline_flag_overrides_the_recipe_section(pipeline):
+    training = pipeline["record"]["training"]
+    assert training["beta"] == 0.5  # the flag, over the section's `beta: 1.0`
+    assert training["learning_rate"] == 1e-3 and training["max_steps"] == 2  # the section, over the defaults
+
+
+def test_pipeline_train_record_names_method_data_and_handoff(pipeline):
+    record = pipeline["record"]
     assert record["method"] == "DynamicPO (DMPO)"
     assert record["data"]["num_negatives"] == 3 and record["data"]["candidates"] == "leak_free"
     assert "policy and reference" in record["handoff"]
-    card = (dpo_dir / "README.md").read_text()
-    assert "DynamicPO" in card and "dynamicpo" in card
-    history = json.loads((dpo_dir / "trainer_state.json").read_text())["log_history"]
-    losses = [row["loss"] for row in history if "loss" in row]
-    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
-    # Policy == reference at the first step, so every log-ratio is 0 and the DMPO loss is log 2.
-    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
-    assert any("dynamicpo/boundary_negatives" in row for row in history)
-    evaluation = [row for row in json.loads((dpo_dir / "trainer_state.json").read_text())["log_history"]
-                  if "eval_loss" in row or "eval_rank_hr@1" in row]  # fmt: skip
-    assert any("eval_loss" in row for row in evaluation) and any("eval_rank_ndcg@5" in row for row in evaluation)
-    assert list(dpo_dir.rglob("events.out.tfevents.*")), "report_to=tensorboard wrote no event file"
 
-    result = run_cli(sys.executable, "-m", "trl_dynamicpo", "eval", "--config", str(config), "--protocol", "both")
-    metrics = json.loads((dpo_dir / "eval" / "metrics.json").read_text())
-    assert metrics["n"] == 8 and metrics["candidates"] == "leak_free" and metrics["split"] == "eval"
+
+def test_pipeline_model_card_names_the_method(pipeline):
+    card = (pipeline["dynamicpo"] / "README.md").read_text()
+    assert "DynamicPO" in card and "dynamicpo" in card
+
+
+def test_pipeline_first_loss_is_log_2(pipeline):
+    """The policy starts as the reference, so every log-ratio is 0 at the first step and the DMPO loss is log 2."""
+    losses = [row["loss"] for row in pipeline["history"] if "loss" in row]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+
+
+def test_pipeline_logs_dynamicpo_eval_and_ranking_metrics(pipeline):
+    history = pipeline["history"]
+    assert any("dynamicpo/boundary_negatives" in row for row in history)
+    assert any("eval_loss" in row for row in history)
+    assert any("eval_rank_ndcg@5" in row for row in history)  # rank_eval_samples: the RecEvalCallback
+
+
+def test_pipeline_report_to_tensorboard_writes_events(pipeline):
+    assert list(pipeline["dynamicpo"].rglob("events.out.tfevents.*")), "report_to=tensorboard wrote no event file"
+
+
+def test_pipeline_eval_reports_both_protocols_on_the_eval_split(pipeline):
+    metrics = pipeline["metrics"]
+    assert metrics["n"] == EVAL_SAMPLES and metrics["candidates"] == "leak_free" and metrics["split"] == "eval"
     ranking, generation = metrics["ranking"], metrics["generation"]
-    assert ranking["n"] == 8 and generation["n"] == 8
+    assert ranking["n"] == generation["n"] == EVAL_SAMPLES
     for key in ("hr@1", "hr@5", "ndcg@5", "mrr"):
         assert 0.0 <= ranking[key] <= 1.0
     assert ranking["hr@1"] <= ranking["hr@5"] and ranking["mrr"] >= 1 / 20
     assert 0.0 <= generation["hr@1"] <= generation["valid_ratio"] <= 1.0
+
+
+def test_pipeline_eval_reports_baselines_and_leak_check(pipeline):
+    metrics = pipeline["metrics"]
     assert set(metrics["baselines"]) >= {"random", "popularity"} and "hit_rate" in metrics["leak_check"]
-    predictions = (dpo_dir / "eval" / "ranking" / "predictions.jsonl").read_text().splitlines()
-    assert [json.loads(line)["index"] for line in predictions] == list(range(8))
-    assert "ranking     HR@1" in result.stdout
+    assert "baselines" not in metrics["ranking"] and "baselines" not in metrics["generation"]
+
+
+def test_pipeline_eval_writes_predictions_in_prompt_order(pipeline):
+    for protocol in ("ranking", "generation"):
+        lines = (pipeline["dynamicpo"] / "eval" / protocol / "predictions.jsonl").read_text().splitlines()
+        assert [json.loads(line)["index"] for line in lines] == list(range(EVAL_SAMPLES)), protocol
+
+
+def test_pipeline_eval_prints_a_summary(pipeline):
+    assert "ranking     HR@1" in pipeline["eval_stdout"] and "generation  HR@1" in pipeline["eval_stdout"]
 
 
 def test_help_and_version(capsys):
@@ -141,10 +179,10 @@ def test_yaml_sections_variants_and_flags(tmp_path):
     data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--max_steps", "7"])
     assert model.model_name_or_path == str(tmp_path / "sft") and args.max_steps == 7 and args.beta == 1.0
     assert args.boundary_selection and args.dynamic_beta
-    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo"])
+    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
     assert not args.boundary_selection and not args.dynamic_beta and args.output_dir == str(tmp_path / "dmpo")
     assert train.method_name(args) == "DMPO"
-    _, eval_args, model = parse_command("eval", evaluate.dataclass_types(), ["--config", str(config), "--variant=dmpo"])
+    _, eval_args, model = parse_command("eval", evaluate.dataclass_types(), ["--config", str(config), "--variant=dmpo_plain"])
     assert model.model_name_or_path == str(tmp_path / "dmpo") and eval_args.output_dir is None
     # num_negatives -1 means every non-target candidate.
     data, *_ = parse_command("train", train.dataclass_types(), ["--config", str(config), "--num_negatives", "-1"])
@@ -160,7 +198,7 @@ def test_unknown_key_is_an_error(tmp_path):
         parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
     config = write_yaml(tmp_path / "v.yaml", {"model_name_or_path": "x"})
     with pytest.raises(ValueError, match="no variant"):
-        parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo"])
+        parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
 
 
 def test_leak_tools_are_wired(tmp_path, capsys):
@@ -176,18 +214,14 @@ def test_leak_tools_are_wired(tmp_path, capsys):
     assert result["n"] == 300 and result["hit_rate"] < 0.2
 
 
-def test_eval_shards_combine_exactly():
-    """What the main process does with the per-process results of a multi-process `eval`."""
-    from trl_dynamicpo.cli.evaluate import _IndexedBuilder, combine
-    from trl_dynamicpo.recsys import PromptBuilder, load_sample
+def test_leak_tools_import_no_torch():
+    """The data tools parse with the commands' parser (positional files, options anywhere) yet load no torch."""
+    from trl_dynamicpo.recsys import sample_path
 
-    parts = [{"hr@1": 0.5, "mrr": 0.75, "n": 2}, {"hr@1": 0.0, "mrr": 0.25, "n": 1}, {"n": 0}]
-    assert combine(parts) == {"hr@1": pytest.approx(1 / 3), "mrr": pytest.approx(7 / 12), "n": 3}
-    examples = load_sample("val")[:5]
-    builder = PromptBuilder()
-    shard = _IndexedBuilder(builder, [1, 3])  # process 1 of 2 holds global rows 1 and 3
-    assert shard.build(examples[3], 1) == builder.build(examples[3], 3)
-    assert shard.completion("Muse") == builder.completion("Muse")
+    code = ("import sys; from trl_dynamicpo.cli.main import main; "
+            f"main(['leak-check', {str(sample_path('train'))!r}, '--seed', '1', {str(sample_path('val'))!r}]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
+    run_cli(sys.executable, "-c", code)
 
 
 def test_resolve_resume(tmp_path):

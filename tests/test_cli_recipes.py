@@ -1,15 +1,23 @@
 """Every file under recipes/ parses (YAML; TrlParser for the training recipes; accelerate's loader for the
-accelerate configs), names the command that runs it, and is listed in recipes/README.md."""
+accelerate configs), names the command that runs it, and is listed in recipes/README.md; recipes built on a
+`base:` resolve to the settings recorded in tests/data/resolved_recipes.json."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from trl_dynamicpo.cli.parsing import load_recipe
+from trl_dynamicpo.variants import OBJECTIVE_NAMES, VARIANTS
+
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RESOLVED = Path(__file__).resolve().parent / "data" / "resolved_recipes.json"
 ACCELERATE = sorted((RECIPES / "accelerate").glob("*.yaml"))
-TRAINING = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name != "accelerate")
+BASES = sorted(RECIPES.rglob("*_base.yaml"))  # shared setups, named by `base:`, not run on their own
+TRAINING = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name != "accelerate" and p not in BASES)
 PAPER = sorted(RECIPES.glob("*/*_qlora.yaml"))
 REQUIRED_ACCELERATE = {"single_gpu", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp2", "multi_node"}
 
@@ -31,7 +39,7 @@ def test_recipe_set_is_complete():
             assert (dataset, model) in combos
     assert (RECIPES / "quickstart_cpu.yaml").exists()
     readme = (RECIPES / "README.md").read_text(encoding="utf-8")
-    for path in [*ACCELERATE, *TRAINING]:
+    for path in [*ACCELERATE, *TRAINING, *BASES]:
         assert path.relative_to(RECIPES).as_posix() in readme, f"{path} is missing from recipes/README.md"
 
 
@@ -51,7 +59,7 @@ def test_training_recipe_parses(path):
     from trl_dynamicpo.cli.arguments import QuickstartArguments
     from trl_dynamicpo.cli.parsing import parse_command
 
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recipe = load_recipe(path)
     header = _header(path)
     config = ["--config", _rel(path), "--bf16", "false"]  # the paper recipes use bf16, which a CPU rejects
     if "quickstart" in recipe:
@@ -85,9 +93,10 @@ def test_training_recipe_parses(path):
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: _rel(p))
 def test_paper_recipe_matches_the_setup(path):
-    """SPEC "Paper setup": 4-bit NF4 + LoRA, bf16 compute, batch 4 x accumulation 8, lr 1e-5, cosine, 5% warmup,
-    3 epochs, beta 1, max grad norm 0.3, paged AdamW 32-bit, cutoff 512; the baselines and ablations as variants."""
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """docs/method.md, "The paper's setup": 4-bit NF4 + LoRA, bf16 compute, batch 4 x accumulation 8, lr 1e-5,
+    cosine, 5% warmup, 3 epochs, beta 1, max grad norm 0.3, paged AdamW 32-bit, cutoff 512; the baselines and
+    ablations as variants."""
+    recipe = load_recipe(path)
     expected = {
         "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "dtype": "bfloat16", "use_peft": True, "bf16": True,
         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "lr_scheduler_type": "cosine",
@@ -97,10 +106,68 @@ def test_paper_recipe_matches_the_setup(path):
     for key, value in expected.items():
         assert recipe[key] == value, key
     assert recipe["train"]["learning_rate"] == 1e-5 and recipe["train"]["beta"] == 1.0
-    variants = recipe["variants"]
-    both_off = {"boundary_selection": False, "dynamic_beta": False}
-    assert {k: variants["dmpo"][k] for k in both_off} == both_off
-    for name, loss in (("sdpo", "sdpo"), ("mppo", "mppo")):
-        assert variants[name]["multi_negative_loss"] == loss and all(variants[name][k] is False for k in both_off)
-    assert variants["no_selection"]["boundary_selection"] is False and "dynamic_beta" not in variants["no_selection"]
-    assert variants["no_dynamic_beta"]["dynamic_beta"] is False
+    assert set(recipe["variants"]) == {
+        "dmpo_plain", "sdpo_plain", "mppo_plain", "sdpo_dynamicpo", "mppo_dynamicpo", "dmpo_beta_only",
+        "dmpo_selection_only",
+    }  # fmt: skip
+
+
+def test_recipes_resolve_to_their_recorded_settings():
+    """Each training recipe, `base:` resolved, holds exactly the settings recorded in the fixture (written from the
+    recipes as they were before they shared a base; the variants then took their `<objective>_<variant>` names)."""
+    recorded = json.loads(RESOLVED.read_text(encoding="utf-8"))
+    assert sorted(recorded) == sorted(p.relative_to(RECIPES).as_posix() for p in TRAINING)
+    for name, settings in recorded.items():
+        assert load_recipe(RECIPES / name) == settings, name
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: _rel(p))
+def test_variant_names_say_what_they_train(path):
+    """`--variant <objective>_<variant>` trains that objective with that setting of the two switches."""
+    from trl_dynamicpo.cli import train
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    for name in load_recipe(path).get("variants", {}):
+        objective, variant = name.split("_", 1)
+        _, args, _ = parse_command("train", train.dataclass_types(), ["--config", _rel(path), "--bf16", "false",
+                                                                      "--variant", name])  # fmt: skip
+        assert args.multi_negative_loss == objective, name
+        assert {k: getattr(args, k) for k in VARIANTS[variant].settings()} == VARIANTS[variant].settings(), name
+
+
+def test_readme_variant_table_uses_the_vocabulary():
+    readme = (RECIPES / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (?:\(none\): )?`(\w+)` \| ([\w-]+) \| (on|off) \| (on|off) \| ([^|]+) \|$", readme, re.M)
+    assert len(rows) == 8
+    recipe = load_recipe(PAPER[0])
+    assert {key for key, *_ in rows} == {*recipe["variants"], "dmpo_dynamicpo"}
+    for key, objective_name, selection, beta, method in rows:
+        objective, variant = key.split("_", 1)
+        assert OBJECTIVE_NAMES[objective] == objective_name
+        settings = VARIANTS[variant].settings()
+        assert (selection == "on", beta == "on") == (settings["boundary_selection"], settings["dynamic_beta"]), key
+        assert method.strip() == VARIANTS[variant].display(objective), key
+
+
+def test_base_merges_sections_key_by_key_and_detects_cycles(tmp_path):
+    (tmp_path / "shared").mkdir()
+    base = {"lr": 1, "env": {"A": "1"}, "train": {"beta": 1.0, "max_steps": 5}, "variants": {"v": {"x": 1}}}
+    (tmp_path / "shared" / "base.yaml").write_text(yaml.safe_dump(base), encoding="utf-8")
+    recipe = {"base": "shared/base.yaml", "lr": 2, "env": {"B": "2"}, "train": {"max_steps": 7},
+              "variants": {"v": {"y": 2}, "w": {}}}  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert load_recipe(tmp_path / "recipe.yaml") == {
+        "lr": 2, "env": {"A": "1", "B": "2"}, "train": {"beta": 1.0, "max_steps": 7},
+        "variants": {"v": {"x": 1, "y": 2}, "w": {}},
+    }  # fmt: skip
+    # A chain of bases, each path relative to the file that names it.
+    (tmp_path / "shared" / "base.yaml").write_text(yaml.safe_dump({**base, "base": "root.yaml"}), encoding="utf-8")
+    (tmp_path / "shared" / "root.yaml").write_text(yaml.safe_dump({"seed": 3, "lr": 0}), encoding="utf-8")
+    resolved = load_recipe(tmp_path / "recipe.yaml")
+    assert resolved["seed"] == 3 and resolved["lr"] == 2 and "base" not in resolved
+    (tmp_path / "shared" / "root.yaml").write_text(yaml.safe_dump({"base": "../recipe.yaml"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="cycle"):
+        load_recipe(tmp_path / "recipe.yaml")
+    (tmp_path / "shared" / "base.yaml").write_text(yaml.safe_dump({"base": "missing.yaml"}), encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_recipe(tmp_path / "recipe.yaml")

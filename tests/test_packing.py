@@ -204,23 +204,23 @@ def test_block_attention_mask_collated_batch():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def packing_tokenizer():
     texts = [f"user {i} listened to artist {i * 7 % 13} and then artist {i * 5 % 11}." for i in range(40)]
     return build_tokenizer(texts, vocab_size=300)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_packed_matches_naive_and_slow(tokenizer, arch, attn):
-    model = build_tiny_model(tokenizer, arch=arch, attn_implementation=attn, seed=3).eval()
+def test_packed_matches_naive_and_slow(packing_tokenizer, arch, attn):
+    model = build_tiny_model(packing_tokenizer, arch=arch, attn_implementation=attn, seed=3).eval()
     reference = copy.deepcopy(model)  # never patched: plain logits
     ensure_fused_lm_head(model)
     ks = (3, 1, 5, 2)
-    examples = random_examples(len(tokenizer), ks=ks, seed=4)
+    examples = random_examples(len(packing_tokenizer), ks=ks, seed=4)
     with torch.no_grad():
-        packed = completion_logps(model, DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id)(examples))
+        packed = completion_logps(model, DataCollatorForMultiNegative(pad_token_id=packing_tokenizer.pad_token_id)(examples))
         naive = completion_logps(
-            model, DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id, shared_prefix=False)(examples)
+            model, DataCollatorForMultiNegative(pad_token_id=packing_tokenizer.pad_token_id, shared_prefix=False)(examples)
         )
     assert packed.shape == naive.shape == (len(ks), max(ks) + 1)
     assert packed.dtype == torch.float32
@@ -232,12 +232,12 @@ def test_packed_matches_naive_and_slow(tokenizer, arch, attn):
         assert (packed[b, k + 1 :] == 0).all() and (naive[b, k + 1 :] == 0).all()  # padding negatives
 
 
-def test_packed_scoring_with_padding_and_k_zero(tokenizer):
-    model = build_tiny_model(tokenizer, attn_implementation="sdpa", seed=5).eval()
+def test_packed_scoring_with_padding_and_k_zero(packing_tokenizer):
+    model = build_tiny_model(packing_tokenizer, attn_implementation="sdpa", seed=5).eval()
     reference = copy.deepcopy(model)
     ensure_fused_lm_head(model)
-    examples = random_examples(len(tokenizer), ks=(0, 2), seed=6)
-    collate = DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=32)
+    examples = random_examples(len(packing_tokenizer), ks=(0, 2), seed=6)
+    collate = DataCollatorForMultiNegative(pad_token_id=packing_tokenizer.pad_token_id, pad_to_multiple_of=32)
     with torch.no_grad():
         logps = completion_logps(model, collate(examples))
     for b, ex in enumerate(examples):
@@ -258,16 +258,16 @@ def preference_rows():
     return rows
 
 
-def make_trainer(tokenizer, tmp_path, *, shared_prefix, reference, precompute):
+def make_trainer(packing_tokenizer, tmp_path, *, shared_prefix, reference, precompute):
     from datasets import Dataset
     from peft import LoraConfig
 
     from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 
-    model = build_tiny_model(tokenizer, attn_implementation="sdpa", seed=7)
+    model = build_tiny_model(packing_tokenizer, attn_implementation="sdpa", seed=7)
     kwargs = {}
     if reference == "ref_model":
-        kwargs["ref_model"] = build_tiny_model(tokenizer, attn_implementation="sdpa", seed=8)
+        kwargs["ref_model"] = build_tiny_model(packing_tokenizer, attn_implementation="sdpa", seed=8)
     else:
         # Random LoRA weights (not the default zero B), so that the policy differs from the adapter-off reference.
         kwargs["peft_config"] = LoraConfig(
@@ -285,7 +285,7 @@ def make_trainer(tokenizer, tmp_path, *, shared_prefix, reference, precompute):
         beta=0.5,
     )
     return DynamicPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer, **kwargs
+        model=model, args=args, train_dataset=Dataset.from_list(preference_rows()), processing_class=packing_tokenizer, **kwargs
     )
 
 
@@ -304,10 +304,10 @@ def loss_and_grads(trainer):
 
 @pytest.mark.parametrize("precompute", [False, True], ids=["live-ref", "precomputed-ref"])
 @pytest.mark.parametrize("reference", ["ref_model", "peft"])
-def test_trainer_shared_prefix_same_loss_and_grads(tokenizer, tmp_path, reference, precompute):
+def test_trainer_shared_prefix_same_loss_and_grads(packing_tokenizer, tmp_path, reference, precompute):
     results = {}
     for shared in (True, False):
-        trainer = make_trainer(tokenizer, tmp_path, shared_prefix=shared, reference=reference, precompute=precompute)
+        trainer = make_trainer(packing_tokenizer, tmp_path, shared_prefix=shared, reference=reference, precompute=precompute)
         assert trainer.data_collator.shared_prefix is shared
         results[shared] = loss_and_grads(trainer)
         if precompute:
@@ -326,9 +326,9 @@ def test_trainer_shared_prefix_same_loss_and_grads(tokenizer, tmp_path, referenc
         torch.testing.assert_close(batch_p["ref_rejected_logps"], batch_n["ref_rejected_logps"], atol=ATOL, rtol=0)
 
 
-def test_precomputed_reference_equals_live_reference(tokenizer, tmp_path):
-    live = make_trainer(tokenizer, tmp_path, shared_prefix=True, reference="ref_model", precompute=False)
-    stored = make_trainer(tokenizer, tmp_path, shared_prefix=True, reference="ref_model", precompute=True)
+def test_precomputed_reference_equals_live_reference(packing_tokenizer, tmp_path):
+    live = make_trainer(packing_tokenizer, tmp_path, shared_prefix=True, reference="ref_model", precompute=False)
+    stored = make_trainer(packing_tokenizer, tmp_path, shared_prefix=True, reference="ref_model", precompute=True)
     loss_live, grads_live, batch = loss_and_grads(live)
     loss_stored, grads_stored, stored_batch = loss_and_grads(stored)
     torch.testing.assert_close(loss_live, loss_stored, atol=ATOL, rtol=0)
@@ -379,20 +379,20 @@ def test_flash_attention_falls_back_to_naive_rows(caplog, tokenizer, tmp_path):
     assert resolve(fake_model("sdpa"), off) is False
 
 
-def test_trainer_with_unpackable_attention_uses_naive_rows(tokenizer, tmp_path):
+def test_trainer_with_unpackable_attention_uses_naive_rows(packing_tokenizer, tmp_path):
     """The trainer builds a naive collator for such a model, and its loss is the packed trainer's."""
     from datasets import Dataset
 
     from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 
     def build(impl):
-        model = build_tiny_model(tokenizer, attn_implementation="sdpa", seed=7)
-        ref = build_tiny_model(tokenizer, attn_implementation="sdpa", seed=8)
+        model = build_tiny_model(packing_tokenizer, attn_implementation="sdpa", seed=7)
+        ref = build_tiny_model(packing_tokenizer, attn_implementation="sdpa", seed=8)
         model.config._attn_implementation = impl  # what a flash-attention model reports
         args = DynamicPOConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True,
                                gradient_checkpointing=False, per_device_train_batch_size=4)
         trainer = DynamicPOTrainer(model=model, ref_model=ref, args=args,
-                                   train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer)
+                                   train_dataset=Dataset.from_list(preference_rows()), processing_class=packing_tokenizer)
         model.config._attn_implementation = "sdpa"  # run it with a kernel this CPU has
         return trainer
 

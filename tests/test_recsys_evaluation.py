@@ -160,3 +160,66 @@ def test_callback_logs_rank_metrics_in_trainer(rec_tokenizer, examples, tmp_path
     assert all(0.0 <= entry["eval_rank_mrr"] <= 1.0 for entry in logged)
     metrics = trainer.evaluate()
     assert {"eval_rank_hr@1", "eval_rank_hr@5", "eval_rank_ndcg@5", "eval_rank_mrr", "eval_loss"} <= set(metrics)
+
+
+def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer, tmp_path):
+    """Under torchrun (2 CPU processes, gloo) each prompt is scored by exactly one process, every process returns the
+    single-process metrics, the main process alone writes the files and computes the baselines. When the weights are
+    sharded (FSDP), the shorter shard repeats a prompt so that both processes run as many forward passes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model_dir, out = tmp_path / "model", tmp_path / "two"
+    rec_model.save_pretrained(model_dir)
+    rec_tokenizer.save_pretrained(model_dir)
+    count = 7  # odd: the two shards differ in size
+    worker = Path(__file__).with_name("distributed_eval_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(model_dir), str(out), str(count)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+
+    for key in ("ranked", "generated", "callback_built"):
+        built = [rank[key] for rank in ranks]
+        assert sorted(built[0] + built[1]) == list(range(count)), key  # each prompt once, by one process
+        assert len(built[0]) == 4 and len(built[1]) == 3, key
+    assert [rank["baseline_calls"] for rank in ranks] == [1, 0]
+    padded = [rank["sharded_weights_built"] for rank in ranks]
+    assert len(padded[0]) == len(padded[1]) == 4 and set(padded[0] + padded[1]) == set(range(count))
+
+    # One process, on the model and tokenizer as the workers load them.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    examples, train = load_sample("val")[:count], load_sample("train")[:300]
+    builder = PromptBuilder("music")
+    one_ranking = evaluate_ranking(model, tokenizer, examples, builder, batch_size=2,
+                                   output_dir=tmp_path / "one" / "ranking", show_progress=False,
+                                   train_examples=train)  # fmt: skip
+    one_generation = evaluate_generation(model, tokenizer, examples, builder, batch_size=2, max_new_tokens=4,
+                                         output_dir=tmp_path / "one" / "generation", show_progress=False)  # fmt: skip
+    reference = {key: value for key, value in one_ranking.items() if key not in ("baselines", "leak_check")}
+    for rank in ranks:  # every process returns the whole result
+        assert rank["ranking"].keys() == one_ranking.keys()
+        assert {key: rank["ranking"][key] for key in reference} == pytest.approx(reference, abs=1e-9)
+        assert rank["ranking"]["baselines"] == one_ranking["baselines"]
+        assert rank["ranking"]["leak_check"] == one_ranking["leak_check"]
+        assert rank["sharded_weights"] == pytest.approx(reference, abs=1e-9)
+        assert rank["generation"] == one_generation
+        expected = {f"eval_rank_{key}": value for key, value in reference.items() if key != "n"}
+        assert rank["callback"] == pytest.approx(expected, abs=1e-9)
+    for protocol in ("ranking", "generation"):
+        rows = [json.loads(line) for line in (out / protocol / "predictions.jsonl").read_text().splitlines()]
+        ref = [json.loads(line) for line in (tmp_path / "one" / protocol / "predictions.jsonl").read_text().splitlines()]
+        assert [row["index"] for row in rows] == list(range(count))
+        for row, expected in zip(rows, ref):
+            if protocol == "ranking":
+                assert row["scores"] == pytest.approx(expected["scores"], abs=1e-5) and row["rank"] == expected["rank"]
+            else:
+                assert row == expected
+        assert json.loads((out / protocol / "metrics.json").read_text())["n"] == count

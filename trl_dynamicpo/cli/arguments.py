@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..recsys.prompts import COMPACT_TEMPLATE
+from trl_dynamicpo.losses import LOSS_TYPES
+from trl_dynamicpo.recsys.candidates import NUM_CANDIDATES
+from trl_dynamicpo.recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
 
 
 CANDIDATE_MODES = ("leak_free", "public")
@@ -64,7 +66,7 @@ class RecDataArguments:
         default="music",
         metadata={
             "help": "Prompt template family.",
-            "choices": ["music", "books", "games", "movies", "generic"],
+            "choices": list(TEMPLATES),
         },
     )
     template: str | None = field(
@@ -90,7 +92,7 @@ class RecDataArguments:
         },
     )
     num_candidates: int = field(
-        default=20,
+        default=NUM_CANDIDATES,
         metadata={"help": "Candidates per prompt (target included) for leak-free lists."},
     )
     num_negatives: int | None = field(
@@ -247,7 +249,7 @@ class QuickstartArguments:
     beta: float = field(default=1.0, metadata={"help": "DynamicPO base beta."})
     num_negatives: int = field(default=15, metadata={"help": "K negatives per prompt for DynamicPO."})
     multi_negative_loss: str = field(
-        default="dmpo", metadata={"help": "Base objective.", "choices": ["dmpo", "sdpo", "mppo"]}
+        default="dmpo", metadata={"help": "Base objective.", "choices": list(LOSS_TYPES)}
     )
     batch_size: int | None = field(
         default=None, metadata={"help": "Per-device batch size of both stages (default 32; 16 with --tiny)."}

@@ -1,15 +1,14 @@
 """`trl-dynamicpo eval`: candidate ranking and/or the papers' generation protocol, on one or many processes.
 
-Under `accelerate launch` / `torchrun` every process evaluates every N-th prompt (prompt i keeps its paraphrase,
-which depends on i) and the main process combines the metrics (weighted by prompt counts, so the result equals a
-single-process run) and merges the per-prompt predictions.
+Under `accelerate launch` / `torchrun` the evaluation functions of `trl_dynamicpo.recsys` split the prompts between
+the processes themselves and give every process the single-process result; this module only reads the data, loads
+the model and writes `metrics.json`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,54 +17,13 @@ from .arguments import EvalArguments, RecDataArguments
 from .common import logger, setup_logging, write_run_record
 
 
-MEAN_KEYS_SKIP = ("n",)
+REFERENCE_KEYS = ("baselines", "leak_check")
 
 
 def dataclass_types() -> tuple:
     from trl import ModelConfig
 
     return (RecDataArguments, EvalArguments, ModelConfig)
-
-
-class _IndexedBuilder:
-    """A `PromptBuilder` view for a shard: local row j is built as global row `indices[j]`."""
-
-    def __init__(self, builder, indices: Sequence[int]):
-        self.builder, self.indices = builder, list(indices)
-
-    def build(self, example, index: int):
-        return self.builder.build(example, self.indices[index])
-
-    def completion(self, item: str):
-        return self.builder.completion(item)
-
-
-def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Prompt-weighted mean of per-shard metric dicts (`n` summed); exact for means such as HR@k and NDCG@k."""
-    parts = [p for p in parts if p.get("n")]
-    total = sum(p["n"] for p in parts)
-    if not total:
-        return {"n": 0}
-    keys = [k for k, v in parts[0].items() if k not in MEAN_KEYS_SKIP and isinstance(v, (int, float))]
-    out: dict[str, Any] = {k: sum(p[k] * p["n"] for p in parts) / total for k in keys}
-    out["n"] = total
-    return out
-
-
-def _merge_predictions(shard_dirs: list[Path], shard_indices: list[list[int]], target: Path) -> None:
-    rows = []
-    for directory, indices in zip(shard_dirs, shard_indices):
-        file = directory / "predictions.jsonl"
-        if file.exists():
-            for line in file.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                row["index"] = indices[row["index"]]
-                rows.append(row)
-    rows.sort(key=lambda r: r["index"])
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / "predictions.jsonl", "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def evaluate_examples(
@@ -81,54 +39,30 @@ def evaluate_examples(
     show_progress: bool = True,
     train_examples: list | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `examples` with the ranking and/or generation protocol on all processes; same result on every one.
+    """Evaluate `examples` with the ranking and/or generation protocol; same result on every process.
 
     Returns `{"ranking": {...}, "generation": {...}, "baselines": {...}, "leak_check": {...}, "n": N}` (the
-    protocols asked for; baselines and leak check when `train_examples` is given). With `output_dir`, the main
-    process writes `<output_dir>/<protocol>/predictions.jsonl` for each protocol.
+    protocols asked for; baselines and leak check, computed once, when `train_examples` is given). With
+    `output_dir`, each protocol writes `<output_dir>/<protocol>/{metrics.json,predictions.jsonl}`.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
     from trl_dynamicpo.recsys import evaluate_generation, evaluate_ranking
 
-    state = PartialState()
-    rank, world = state.process_index, state.num_processes
-    indices = list(range(rank, len(examples), world))
-    shard = [examples[i] for i in indices]
-    view = _IndexedBuilder(builder, indices)
-    progress = show_progress and state.is_local_main_process
     results: dict[str, Any] = {"n": len(examples)}
-    protocols = ["ranking", "generation"] if protocol == "both" else [protocol]
-    for name in protocols:
-        shard_dir = None if output_dir is None else Path(output_dir) / name / f".shard-{rank}"
+    reference = train_examples  # the baselines and the leak check come with the first protocol only
+    for name in ["ranking", "generation"] if protocol == "both" else [protocol]:
+        kwargs = {
+            "batch_size": batch_size,
+            "output_dir": None if output_dir is None else Path(output_dir) / name,
+            "show_progress": show_progress,
+            "train_examples": reference,
+        }
         if name == "ranking":
-            metrics = evaluate_ranking(
-                model, tokenizer, shard, view, batch_size=batch_size, output_dir=shard_dir, show_progress=progress
-            )
+            metrics = evaluate_ranking(model, tokenizer, examples, builder, **kwargs)
         else:
-            metrics = evaluate_generation(
-                model, tokenizer, shard, view, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                output_dir=shard_dir, show_progress=progress,
-            )  # fmt: skip
-        parts = gather_object([metrics]) if world > 1 else [metrics]
-        all_indices = gather_object([indices]) if world > 1 else [indices]
-        results[name] = combine(parts)
-        state.wait_for_everyone()
-        if output_dir is not None and state.is_main_process:
-            dirs = [Path(output_dir) / name / f".shard-{r}" for r in range(world)]
-            _merge_predictions(dirs, all_indices, Path(output_dir) / name)
-            for directory in dirs:
-                shutil.rmtree(directory, ignore_errors=True)
-            (Path(output_dir) / name / "metrics.json").write_text(
-                json.dumps({"protocol": name, **results[name]}, indent=2) + "\n", encoding="utf-8"
-            )
-        state.wait_for_everyone()
-    if train_examples:
-        from trl_dynamicpo.recsys import baseline_metrics, leak_check
-
-        results["baselines"] = baseline_metrics(train_examples, examples)
-        results["leak_check"] = leak_check(train_examples, examples)
+            metrics = evaluate_generation(model, tokenizer, examples, builder, max_new_tokens=max_new_tokens, **kwargs)
+        results.update({key: metrics.pop(key) for key in REFERENCE_KEYS if key in metrics})
+        results[name] = metrics
+        reference = None
     return results
 
 

@@ -36,7 +36,7 @@ commands:
 examples:
   trl-dynamicpo quickstart                                   # offline demo on the bundled LastFM sample
   trl-dynamicpo sft   --config recipes/lastfm/llama3_8b_qlora.yaml
-  trl-dynamicpo train --config recipes/lastfm/llama3_8b_qlora.yaml [--variant dmpo]
+  trl-dynamicpo train --config recipes/lastfm/llama3_8b_qlora.yaml [--variant dmpo_plain]
   trl-dynamicpo eval  --config recipes/lastfm/llama3_8b_qlora.yaml --protocol both
   trl-dynamicpo sweep --config recipes/lastfm/llama3_8b_qlora.yaml --ks 1 5 15 --objectives dmpo --seeds 0 1 2
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m trl_dynamicpo train --config ...

@@ -1,8 +1,12 @@
 """One YAML for the whole pipeline: `trl.TrlParser` with per-command sections.
 
 A recipe is an ordinary TRL config file (keys are the dataclass fields, `env:` sets environment variables), with
-three additions so that one file drives `sft`, `train` and `eval`:
+four additions so that one file drives `sft`, `train` and `eval` and recipes share their common setup:
 
+* `base: FILE` (a path relative to the recipe's folder) reads FILE first and lays the recipe over it: a key the
+  recipe sets wins, and mappings (the sections, `variants:` and each variant, `env:`) are merged key by key, so
+  a recipe states only what differs from its base. A base may have a base of its own (cycles are an error).
+  Other paths in a recipe (data files, output folders) are relative to the working directory, as in TRL;
 * top-level keys are shared; a section named after the command (`sft:`, `train:`, `eval:`, `quickstart:`)
   overrides them for that command;
 * `variants:` maps a name to extra keys on top of the `train` section, selected with `--variant NAME` (the
@@ -22,6 +26,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 
@@ -30,6 +35,8 @@ RESERVED = ("env", "variants", *SECTIONS)
 # Command defaults that differ from the dataclasses' (a recipe key or a flag wins): `train` uses the DynamicPO
 # paper's beta, while `DynamicPOConfig` keeps `DPOConfig`'s 0.1 so that TRL scripts behave as with TRL.
 COMMAND_DEFAULTS = {"train": {"beta": 1.0}}
+
+BASE_KEY = "base"
 
 
 def pop_option(argv: list[str], name: str) -> str | None:
@@ -47,14 +54,50 @@ def pop_option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a recipe YAML file (a mapping)."""
+def _read_mapping(path: Path) -> dict[str, Any]:
     import yaml
 
     with open(path, encoding="utf-8") as handle:
         config = yaml.safe_load(handle) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping, got {type(config).__name__}.")
+    return config
+
+
+def merge_recipes(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` laid over `base`: mappings present in both are merged key by key (recursively), any other value
+    of `override` replaces the base's."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_recipes(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe YAML file (a mapping) and resolve its `base:` chain (see the module docstring)."""
+    current, chain, layers = Path(path), [], []
+    while True:
+        if current.resolve() in chain:
+            cycle = " -> ".join(map(str, [*chain, current.resolve()]))
+            raise ValueError(f"{path}: the `{BASE_KEY}:` files form a cycle: {cycle}.")
+        chain.append(current.resolve())
+        layer = _read_mapping(current)
+        layers.append(layer)
+        base = layer.pop(BASE_KEY, None)
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise ValueError(f"{current}: `{BASE_KEY}` must be a file path, got {type(base).__name__}.")
+        parent = current.parent / base
+        if not parent.is_file():
+            raise FileNotFoundError(f"{current}: `{BASE_KEY}: {base}` names no file (looked for {parent}).")
+        current = parent
+    config: dict[str, Any] = {}
+    for layer in reversed(layers):  # the base first, the recipe given last
+        config = merge_recipes(config, layer)
     return config
 
 
@@ -130,17 +173,38 @@ def cpu_defaults(dataclass_types: Sequence[type]) -> dict[str, Any]:
     return {"bf16": False, "use_cpu": True}
 
 
+def _make_positional(parser, dataclass_types: Sequence[type], names: Sequence[str]) -> None:
+    """Turn the fields `names` into positional arguments, in that order (`leak-free SRC DST`)."""
+    import argparse
+
+    help_texts = {f.name: f.metadata.get("help") for dc in dataclass_types for f in fields(dc)}
+    # TrlParser made each of these a required `--name` option: no longer required, and hidden from the help (on the
+    # parser's actions, as TRL's `set_defaults_with_config` edits them), so that the positional form is the one shown.
+    parser.set_defaults_with_config(**dict.fromkeys(names))
+    for action in parser._actions:
+        if action.dest in names and action.option_strings:
+            action.help = argparse.SUPPRESS
+    for name in names:
+        parser.add_argument(name, metavar=name.upper(), help=help_texts[name])
+
+
 def parse_command(
-    stage: str, dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None
+    stage: str,
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    positional: Sequence[str] = (),
 ) -> tuple:
     """Parse `argv` (`--config recipe.yaml [--variant NAME] --flag value ...`) into the dataclasses.
 
-    Returns one instance per dataclass type, in order.
+    `positional` names fields given as positional arguments instead of `--name VALUE` (the data tools' file
+    arguments). Returns one instance per dataclass type, in order.
     """
     from trl import TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types, prog=prog or f"trl-dynamicpo {stage}")
+    _make_positional(parser, dataclass_types, positional)
     config_path = pop_option(argv, "--config")
     variant = pop_option(argv, "--variant")
     if variant is not None and config_path is None:
@@ -155,7 +219,7 @@ def parse_command(
             os.environ[key] = str(value)
         merged = stage_config(config, stage, variant, str(config_path))
         own = _field_names(dataclass_types)
-        known = all_command_fields()
+        known = all_command_fields() | own
         unknown = sorted(k for k in merged if k not in known)
         if unknown:
             hints = []

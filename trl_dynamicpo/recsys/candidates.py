@@ -26,10 +26,14 @@ from ._rng import SALT_CANDIDATES, SALT_LEAK_CHECK, stream, text_key
 from .readers import RecExample, read_catalogue, read_examples, write_examples
 
 
+# Candidates per prompt, the target included: the LLaRA / S-DPO / DynamicPO setting, for every dataset.
+NUM_CANDIDATES = 20
+
+
 def leak_free_candidates(
     examples: Sequence[RecExample],
     catalogue: Iterable[str],
-    num_candidates: int = 20,
+    num_candidates: int = NUM_CANDIDATES,
     seed: int = 0,
     *,
     show_progress: bool = False,
@@ -88,7 +92,7 @@ def make_leak_free_file(
     dst: str | os.PathLike,
     catalogue_path: str | os.PathLike | None = None,
     seed: int = 0,
-    num_candidates: int = 20,
+    num_candidates: int = NUM_CANDIDATES,
     *,
     show_progress: bool = True,
 ) -> Path:

@@ -9,6 +9,12 @@
 Both write `metrics.json` and `predictions.jsonl` (one line per prompt) when given an `output_dir`, and add the
 non-LLM baselines and the candidate-list leak check when given the training prompts. `RecEvalCallback` runs the
 ranking evaluation inside a `transformers.Trainer` and logs `eval_rank_hr@1` etc.
+
+On several processes (`accelerate launch`, `torchrun`, or a trainer's Accelerate state: any run with a
+`torch.distributed` group of more than one process), both evaluations split the prompts between the processes,
+gather the per-prompt results and return the same metrics on every process, equal to a single-process run's.
+Prompt i keeps its index (so its paraphrase), the main process alone writes the files, and the baselines and the
+leak check are computed once, on the main process, and sent to the others.
 """
 
 from __future__ import annotations
@@ -30,23 +36,89 @@ from .prompts import PromptBuilder
 from .readers import RecExample
 
 
-def _reference_numbers(train_examples: Sequence[RecExample] | None, examples: Sequence[RecExample]) -> dict:
+class _Shard:
+    """The prompts this process evaluates, and the way back from per-process to all-prompt results.
+
+    Outside a multi-process run the shard is every prompt. Otherwise process r of W takes prompts r, r + W, ...
+    When the model's parameters are sharded across the processes (FSDP, DeepSpeed), every forward pass is a
+    collective operation, so every process must run as many as the others: a shorter shard is then padded with a
+    repeat of a prompt, whose result is dropped when gathering.
+    """
+
+    def __init__(self, count: int):
+        self.count = count
+        self.state = _multi_process_state()
+        if self.state is None:
+            self.indices = list(range(count))
+            return
+        from accelerate.utils import DistributedType
+
+        rank, world = self.state.process_index, self.state.num_processes
+        self.indices = list(range(rank, count, world))
+        if count and self.state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            size = -(-count // world)
+            self.indices += [self.indices[-1] if self.indices else 0] * (size - len(self.indices))
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.state is None or self.state.is_local_main_process
+
+    def gather(self, values: Sequence) -> list:
+        """This process's per-prompt values (aligned with `indices`) -> every prompt's, in prompt order."""
+        if self.state is None:
+            return list(values)
+        from accelerate.utils import gather_object
+
+        merged = {}
+        for index, value in gather_object(list(zip(self.indices, values))):
+            merged.setdefault(index, value)  # a padding repeat comes after the original
+        return [merged[i] for i in range(self.count)]
+
+    def on_main_process(self, compute):
+        """`compute()` run on the main process only; every process gets its result."""
+        if self.state is None:
+            return compute()
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([compute() if self.state.is_main_process else None])[0]
+
+
+def _multi_process_state():
+    """Accelerate's state when this runs in a `torch.distributed` group of several processes, else None."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state if state.num_processes > 1 else None
+
+
+def _reference_numbers(
+    shard: _Shard, train_examples: Sequence[RecExample] | None, examples: Sequence[RecExample]
+) -> dict:
     if train_examples is None:
         return {}
-    return {
-        "baselines": baseline_metrics(train_examples, examples),
-        "leak_check": leak_check(train_examples, examples),
-    }
+    return shard.on_main_process(
+        lambda: {
+            "baselines": baseline_metrics(train_examples, examples),
+            "leak_check": leak_check(train_examples, examples),
+        }
+    )
 
 
-def _write_outputs(output_dir: str | os.PathLike | None, metrics: dict, predictions: list[dict]) -> None:
-    if output_dir is None:
+def _write_outputs(shard: _Shard, output_dir: str | os.PathLike | None, metrics: dict, predictions) -> None:
+    """`metrics.json` and `predictions.jsonl` (`predictions()` builds the rows), from the main process only."""
+    if output_dir is None or not shard.is_main_process:
         return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
-        for row in predictions:
+        for row in predictions():
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -68,7 +140,7 @@ def evaluate_ranking(
 
     Args:
         model, tokenizer: the causal LM and its tokenizer. Its train/eval mode is left as found.
-        examples: the evaluation prompts.
+        examples: the evaluation prompts (split between the processes of a multi-process run: see the module docstring).
         builder: prompt format (must match training).
         batch_size: prompts per forward pass.
         output_dir: where to write `metrics.json` and `predictions.jsonl` (target, candidates, scores, rank).
@@ -82,19 +154,25 @@ def evaluate_ranking(
     """
     from trl_dynamicpo.scoring import score_completions
 
-    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
-    completions = [[builder.completion(c) for c in ex.candidates] for ex in examples]
+    shard = _Shard(len(examples))
     scores = score_completions(
-        model, tokenizer, prompts, completions, batch_size=batch_size, show_progress=show_progress,
+        model,
+        tokenizer,
+        [builder.build(examples[i], i) for i in shard.indices],
+        [[builder.completion(c) for c in examples[i].candidates] for i in shard.indices],
+        batch_size=batch_size,
+        show_progress=show_progress and shard.is_local_main_process,
         desc="Ranking candidates",
-    )  # fmt: skip
+    )
+    scores = shard.gather(scores)
     targets = [ex.target_index for ex in examples]
     metrics: dict[str, Any] = ranking_metrics(scores, targets, ks)
-    metrics.update(_reference_numbers(train_examples, examples))
-    if output_dir is not None:
+    metrics.update(_reference_numbers(shard, train_examples, examples))
+
+    def predictions():
         ranks = target_ranks(scores, targets).tolist()
-        predictions = [
-            {
+        for i, ex in enumerate(examples):
+            yield {
                 "index": i,
                 "target": ex.target,
                 "target_index": targets[i],
@@ -103,9 +181,8 @@ def evaluate_ranking(
                 "rank": ranks[i],
                 "top": ex.candidates[max(range(len(scores[i])), key=scores[i].__getitem__)],
             }
-            for i, ex in enumerate(examples)
-        ]
-        _write_outputs(output_dir, {"protocol": "ranking", **metrics}, predictions)
+
+    _write_outputs(shard, output_dir, {"protocol": "ranking", **metrics}, predictions)
     return metrics
 
 
@@ -182,7 +259,8 @@ def evaluate_generation(
 
     Args:
         model, tokenizer: the causal LM and its tokenizer.
-        examples: the evaluation prompts; prompt i is `builder.build(examples[i], i)`.
+        examples: the evaluation prompts; prompt i is `builder.build(examples[i], i)` (split between the processes
+            of a multi-process run: see the module docstring).
         builder: prompt format (must match training).
         batch_size: prompts per `generate` call.
         max_new_tokens: generation budget (20 in the papers).
@@ -194,35 +272,41 @@ def evaluate_generation(
     Returns:
         `{"hr@1", "valid_ratio", "n"}` (plus `baselines` and `leak_check` with `train_examples`).
     """
-    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
+    shard = _Shard(len(examples))
     answers = generate_answers(
-        model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress=show_progress
+        model,
+        tokenizer,
+        [builder.build(examples[i], i) for i in shard.indices],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        show_progress=show_progress and shard.is_local_main_process,
     )
+    answers = shard.gather(answers)
     metrics: dict[str, Any] = generation_metrics(answers, examples)
-    metrics.update(_reference_numbers(train_examples, examples))
-    if output_dir is not None:
-        predictions = []
+    metrics.update(_reference_numbers(shard, train_examples, examples))
+
+    def predictions():
         for i, (ex, answer) in enumerate(zip(examples, answers)):
             named = parse_answer(answer, ex.candidates)
-            predictions.append(
-                {
-                    "index": i,
-                    "target": ex.target,
-                    "candidates": ex.candidates,
-                    "answer": answer,
-                    "parsed": [ex.candidates[j] for j in named],
-                    "valid": len(named) == 1,
-                    "hit": named == [ex.target_index],
-                }
-            )
-        _write_outputs(
-            output_dir, {"protocol": "generation", "max_new_tokens": max_new_tokens, **metrics}, predictions
-        )
+            yield {
+                "index": i,
+                "target": ex.target,
+                "candidates": ex.candidates,
+                "answer": answer,
+                "parsed": [ex.candidates[j] for j in named],
+                "valid": len(named) == 1,
+                "hit": named == [ex.target_index],
+            }
+
+    metadata = {"protocol": "generation", "max_new_tokens": max_new_tokens}
+    _write_outputs(shard, output_dir, {**metadata, **metrics}, predictions)
     return metrics
 
 
 class RecEvalCallback(TrainerCallback):
     """Run `evaluate_ranking` on a small example list during training and log `eval_rank_hr@1`, etc.
+
+    In a multi-process run every process scores its share of the prompts and logs the same (gathered) values.
 
     It runs after every evaluation of the trainer (`on_evaluate`; the values are added to the metrics dict
     `trainer.evaluate()` returns and to the matching `state.log_history` entry) and, with `eval_steps`, every

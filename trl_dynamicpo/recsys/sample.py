@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ._rng import SALT_SAMPLE, stream
-from .candidates import leak_free_candidates
+from .candidates import NUM_CANDIDATES, leak_free_candidates
 from .readers import RecExample, _open_text, read_catalogue, read_examples
 
 
@@ -70,7 +70,7 @@ def load_sample(split: str = "train", leak_free: bool = True, seed: int = 0) -> 
     catalogue = _catalogue()
     examples = read_examples(sample_path(split), catalogue=frozenset(catalogue))
     if leak_free:
-        examples = leak_free_candidates(examples, catalogue, num_candidates=20, seed=seed)
+        examples = leak_free_candidates(examples, catalogue, num_candidates=NUM_CANDIDATES, seed=seed)
     return examples
 
 

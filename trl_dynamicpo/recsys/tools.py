@@ -1,21 +1,17 @@
 """Command-line entry points for the data tools: writing leak-free files and running the leak check.
 
-The argument dataclasses work with `trl.TrlParser` / `transformers.HfArgumentParser` (fields carry `help`
-metadata); `main_leak_free(argv)` and `main_leak_check(argv)` parse with plain argparse so that they start fast.
+The argument dataclasses are parsed like every other command's (`trl_dynamicpo.cli.parsing.parse_command`, with
+`trl.TrlParser`), the input files as positional arguments. Neither tool imports torch, so both start fast.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
 
-from .candidates import leak_check, make_leak_free_file
+from .candidates import NUM_CANDIDATES, leak_check, make_leak_free_file
 from .readers import read_catalogue, read_examples
 
 
@@ -29,7 +25,7 @@ class LeakFreeArguments:
         default=None, metadata={"help": "items.txt catalogue (default: every item seen in src)."}
     )
     seed: int = field(default=0, metadata={"help": "Global seed of the per-prompt candidate streams."})
-    num_candidates: int = field(default=20, metadata={"help": "Candidates per prompt, target included."})
+    num_candidates: int = field(default=NUM_CANDIDATES, metadata={"help": "Candidates per prompt, target included."})
 
 
 @dataclass
@@ -44,26 +40,11 @@ class LeakCheckArguments:
     output: str | None = field(default=None, metadata={"help": "Also write the result to this JSON file."})
 
 
-def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser for an argument dataclass: required fields are positional, others `--name` options."""
-    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip())
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        convert = int if kind in (int, int | None) else float if kind in (float, float | None) else str
-        help_text = f.metadata.get("help", "")
-        if f.default is dataclasses.MISSING:
-            parser.add_argument(f.name, type=convert, help=help_text)
-        else:
-            parser.add_argument(
-                f"--{f.name}", type=convert, default=f.default, help=f"{help_text} (default: {f.default})"
-            )
-    return parser
+def _parse(cls: type, argv: Sequence[str] | None, command: str, positional: tuple[str, ...]):
+    from trl_dynamicpo.cli.parsing import parse_command
 
-
-def _parse(cls: type, argv: Sequence[str] | None, prog: str) -> Any:
-    namespace = build_parser(cls, prog).parse_args(list(sys.argv[1:] if argv is None else argv))
-    return cls(**vars(namespace))
+    (args,) = parse_command(command, (cls,), argv, positional=positional)
+    return args
 
 
 def run_leak_free(args: LeakFreeArguments) -> Path:
@@ -85,7 +66,7 @@ def run_leak_check(args: LeakCheckArguments) -> dict[str, float]:
 
 def main_leak_free(argv: Sequence[str] | None = None) -> int:
     """`leak-free SRC DST [--catalogue items.txt] [--seed 0] [--num_candidates 20]`; returns the exit code."""
-    args = _parse(LeakFreeArguments, argv, "leak-free")
+    args = _parse(LeakFreeArguments, argv, "leak-free", ("src", "dst"))
     path = run_leak_free(args)
     print(f"wrote {path}")
     return 0
@@ -93,7 +74,7 @@ def main_leak_free(argv: Sequence[str] | None = None) -> int:
 
 def main_leak_check(argv: Sequence[str] | None = None) -> int:
     """`leak-check TRAIN EVAL [--catalogue items.txt] [--similarity jaccard] [--output result.json]`; prints JSON."""
-    args = _parse(LeakCheckArguments, argv, "leak-check")
+    args = _parse(LeakCheckArguments, argv, "leak-check", ("train", "eval"))
     result = run_leak_check(args)
     print(json.dumps(result, indent=2))
     return 0

@@ -52,9 +52,12 @@ class SweepPlan:
     keep_models: bool = True
 
     def key(self, extra: Sequence[str]) -> str:
-        """Cache key of a run: the recipe's content, the plan's flags and the run's own flags."""
-        text = Path(self.recipe).read_text(encoding="utf-8")
-        blob = json.dumps([text, self.train_args, self.eval_args, sorted(self.eval_sets.items()),
+        """Cache key of a run: the recipe's settings (its `base:` files included), the plan's flags and the run's own
+        flags."""
+        from ..cli.parsing import load_recipe
+
+        settings = json.dumps(load_recipe(self.recipe), sort_keys=True, default=str)
+        blob = json.dumps([settings, self.train_args, self.eval_args, sorted(self.eval_sets.items()),
                            list(extra)])  # fmt: skip
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
