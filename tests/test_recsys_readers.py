@@ -201,6 +201,20 @@ def test_public_val_file_quirk_loads_with_a_warning(caplog):
     assert "+44" in sample_catalogue() and "Plus 44" not in sample_catalogue()
 
 
+def test_full_lastfm_split_loads_and_counts_the_val_quirk(full_lastfm, caplog):
+    """The full public split: every training name is in the catalogue; the validation file's "Plus 44" (16 rows;
+    "+44" in the catalogue and the training file) is kept and counted, not silently accepted."""
+    items = read_catalogue(full_lastfm / "items.txt")
+    with caplog.at_level(logging.WARNING, logger="trl_dynamicpo.recsys.readers"):
+        train = read_examples(full_lastfm / "train.jsonl.gz", catalogue=items)
+    assert len(train) == 47872 and "not in the catalogue" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="trl_dynamicpo.recsys.readers"):
+        val = read_examples(full_lastfm / "val.jsonl.gz", catalogue=items)
+    assert len(val) == 2767
+    assert "'Plus 44' in 16 row(s)" in caplog.text and "+44" in items
+    assert sum("Plus 44" in (*ex.history, *ex.candidates) for ex in val) == 16
+
+
 def test_byte_order_mark(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row()) + "\n").encode())
