@@ -172,8 +172,8 @@ def test_unknown_items_are_counted_and_reported(tmp_path, catalogue_file, caplog
     assert len(examples) == 5  # kept, and the names kept as they are
     assert examples[1].history == ["Muse", "Plus 44"] and examples[4].target == "Plus 44"
     assert (
-        f"{path}: 3 of 5 row(s) name 2 item(s) that are not in the catalogue (rows kept as they are; "
-        "unknown_items='error' refuses them): 'Plus 44' in 3 row(s), first row 1 (line 2), field 'historyList'; "
+        f"{path}: 3 of 5 row(s) name 2 item(s) that are not in the catalogue (rows kept as they are): "
+        "'Plus 44' in 3 row(s), first row 1 (line 2), field 'historyList'; "
         "'Slayer' in 1 row(s), first row 2 (line 3), field 'itemList'"
     ) in caplog.text
     caplog.clear()

@@ -242,7 +242,7 @@ def _describe_unknown(unknown: dict[str, list[tuple[int, int, str]]], rows: int,
     more = f"; and {len(ranked) - shown} more" if len(ranked) > shown else ""
     return (
         f"{affected} of {rows} row(s) name {len(unknown)} item(s) that are not in the catalogue (rows kept as they "
-        f"are; unknown_items='error' refuses them): {'; '.join(examples)}{more}"
+        f"are): {'; '.join(examples)}{more}"
     )
 
 
