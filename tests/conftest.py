@@ -1,10 +1,15 @@
 import os
+from pathlib import Path
 
 import pytest
 
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ENV = "TRL_DYNAMICPO_DATA"  # the folder of the full LastFM split (README: "Full LastFM data")
+FULL_LASTFM_FILES = ("train.jsonl.gz", "val.jsonl.gz", "items.txt")
 
 
 ARTISTS = [
@@ -92,3 +97,24 @@ def slice_data(tmp_path_factory):
     build_recommender_lm(texts, read_catalogue(files["items_file"]), vocab_size=300, hidden_size=32, num_layers=1,
                          output_dir=root / "base")  # fmt: skip
     return {"model_name_or_path": str(root / "base"), **files}
+
+
+@pytest.fixture(scope="session")
+def full_lastfm() -> Path:
+    """The folder of the full LastFM split (`train.jsonl.gz`, `val.jsonl.gz`, `items.txt`).
+
+    Taken from the environment variable `TRL_DYNAMICPO_DATA`, else `../shared/data/lastfm` beside the repository;
+    the test is skipped, with the reason, when neither holds the files (a `TRL_DYNAMICPO_DATA` that does not is an
+    error: it was set on purpose).
+    """
+    given = os.environ.get(DATA_ENV)
+    folder = Path(given) if given else REPO.parent / "shared" / "data" / "lastfm"
+    missing = [name for name in FULL_LASTFM_FILES if not (folder / name).is_file()]
+    if missing and given:
+        pytest.fail(f"{DATA_ENV}={given} lacks {', '.join(missing)} (see the README, 'Full LastFM data').")
+    if missing:
+        pytest.skip(
+            f"the full LastFM split is not here: set {DATA_ENV} to the folder holding {', '.join(FULL_LASTFM_FILES)} "
+            "(README: 'Full LastFM data'), or put it in ../shared/data/lastfm beside the repository"
+        )
+    return folder

@@ -231,8 +231,9 @@ def test_resolve_resume(tmp_path):
 
     args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
     assert resolve_resume(args) is None  # nothing to resume yet: start from scratch
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-10").mkdir()
+    for step in (2, 10):  # complete checkpoints: trainer_state.json (written last) at their step
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert resolve_resume(args) == str(tmp_path / "checkpoint-10")
     args.resume_from_checkpoint = None
     assert resolve_resume(args) is None

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,24 +30,77 @@ def setup_logging(training_args=None) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def resolve_resume(training_args) -> str | bool | None:
-    """`resume_from_checkpoint`: a checkpoint path, or 'true' / 'last' for the newest checkpoint in output_dir.
+def _checkpoint_step(name: str) -> int | None:
+    """N for a Trainer checkpoint folder name `checkpoint-N`, else None."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    'true' with no checkpoint yet starts from scratch (so the same command line restarts or resumes a job).
+    match = re.fullmatch(rf"{re.escape(PREFIX_CHECKPOINT_DIR)}-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint, or None when it is.
+
+    The Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states; a folder
+    whose state is missing, unreadable (cut short) or at another step was left by a run killed while saving.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    state_file = os.path.join(folder, TRAINER_STATE_NAME)
+    if not os.path.isfile(state_file):
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        with open(state_file, encoding="utf-8") as handle:
+            step = json.load(handle)["global_step"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {TRAINER_STATE_NAME} ({type(err).__name__}: {err})"
+    folder_step = _checkpoint_step(os.path.basename(os.path.normpath(folder)))
+    if folder_step is not None and folder_step != step:
+        return f"{TRAINER_STATE_NAME} is at step {step}"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` that is complete (see `checkpoint_problem`), or None.
+
+    Newer incomplete folders are skipped with a warning (and left in place).
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = {}
+    for name in os.listdir(output_dir):
+        step = _checkpoint_step(name)
+        if step is not None and os.path.isdir(os.path.join(output_dir, name)):
+            steps[os.path.join(output_dir, name)] = step
+    for folder in sorted(steps, key=steps.get, reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("Not resuming from %s: %s (half-written: the run was stopped while saving it).", folder, problem)
+    return None
+
+
+def resolve_resume(training_args) -> str | None:
+    """`resume_from_checkpoint`: a checkpoint path, or 'true' / 'last' for the newest complete checkpoint in output_dir.
+
+    'true' with no complete checkpoint yet starts from scratch (so the same command line restarts or resumes a
+    job); a half-written checkpoint (the run was killed while saving it) is never picked. A path must be a complete
+    checkpoint.
     """
     value = training_args.resume_from_checkpoint
     if value is None or value in ("", "false", "False", "no"):
         return None
     if value in (True, "true", "True", "last", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
-            logger.warning("resume_from_checkpoint=%s but %s holds no checkpoint: starting from scratch.", value,
-                           training_args.output_dir)  # fmt: skip
+            logger.warning("resume_from_checkpoint=%s but %s holds no complete checkpoint: starting from scratch.",
+                           value, training_args.output_dir)  # fmt: skip
         return last
     if not os.path.isdir(value):
         raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a checkpoint folder.")
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint={value!r} is not a complete checkpoint: {problem}.")
     return value
 
 
@@ -73,6 +127,21 @@ def write_run_record(output_dir: str, command: str, **sections: Any) -> Path:
     return path
 
 
+def parallelism(trainer) -> dict[str, Any]:
+    """How the run was spread: accelerate's distributed type, process count, device (and ZeRO stage / FSDP version)."""
+    state = trainer.accelerator.state
+    info: dict[str, Any] = {
+        "distributed_type": state.distributed_type.value,
+        "num_processes": state.num_processes,
+        "device": state.device.type,
+    }
+    if getattr(state, "deepspeed_plugin", None) is not None:
+        info["zero_stage"] = state.deepspeed_plugin.zero_stage
+    if getattr(state, "fsdp_plugin", None) is not None:
+        info["fsdp_version"] = state.fsdp_plugin.fsdp_version
+    return info
+
+
 def finish_training(trainer, command: str, dataset_name: str, record: dict[str, Any], tags: list[str]) -> None:
     """Save the model (adapter or full), the trainer state, the model card and the run record."""
     args = trainer.args
@@ -80,10 +149,35 @@ def finish_training(trainer, command: str, dataset_name: str, record: dict[str, 
     trainer.save_state()
     if trainer.is_world_process_zero():
         trainer.create_model_card(model_name=Path(args.output_dir).name, dataset_name=dataset_name, tags=tags)
-        write_run_record(args.output_dir, command, **record)
+        write_run_record(args.output_dir, command, **record, parallelism=parallelism(trainer))
         logger.info("Saved the model, trainer_state.json, README.md (model card) and %s to %s", RUN_RECORD,
                     args.output_dir)  # fmt: skip
     trainer.accelerator.wait_for_everyone()
+
+
+def check_parallelism(trainer) -> None:
+    """Refuse a run whose launcher asked for FSDP or DeepSpeed that the trainer's accelerator did not set up.
+
+    accelerate (1.x) turns an FSDP config on only for GPUs and other accelerators: on CPU processes it drops the
+    plugin and trains plain data-parallel, which is not what the recipe says (no sharding, other memory, other
+    checkpoints). DeepSpeed runs on CPU too (gloo), so a DeepSpeed request that was not set up is refused alike.
+    """
+    import accelerate
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    args, got = trainer.args, trainer.accelerator.distributed_type
+    fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP") or bool(args.fsdp)
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or args.deepspeed is not None
+    where = f"accelerate {accelerate.__version__} set up {got.value} on {trainer.accelerator.device.type}"
+    if fsdp and got != DistributedType.FSDP:
+        raise RuntimeError(
+            f"The launcher asked for FSDP (version {os.environ.get('FSDP_VERSION', '1')}), but {where}: accelerate "
+            "shards with FSDP only on GPUs and other accelerators, so this run would silently be unsharded "
+            "data-parallel. Launch it on GPUs; on CPU use torchrun, recipes/accelerate/multi_gpu.yaml (DDP) or a "
+            "DeepSpeed config."
+        )
+    if deepspeed and got != DistributedType.DEEPSPEED:
+        raise RuntimeError(f"The launcher asked for DeepSpeed, but {where}; this run would silently not use it.")
 
 
 def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, **trainer_kwargs):
@@ -95,6 +189,7 @@ def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, *
 
     callbacks = [*(callbacks or []), *([rank_callback] if rank_callback is not None else [])]
     trainer = trainer_cls(args=training_args, callbacks=callbacks or None, **trainer_kwargs)
+    check_parallelism(trainer)
     if rank_callback is not None:
         rank_callback.bind(trainer)
     with compact_lm_head_on_cpu():
