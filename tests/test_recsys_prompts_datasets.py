@@ -137,3 +137,17 @@ def test_history_loss_with_multi_token_names_labels_every_piece():
 def test_history_loss_needs_a_fast_tokenizer():
     with pytest.raises(ValueError, match="fast tokenizer"):
         sft_dataset(EXAMPLES, PromptBuilder("music"), history_loss=True)
+
+
+def test_hard_negatives_are_the_highest_scored_non_targets():
+    example = EXAMPLES[0]  # candidates Moby, Björk (target), Portishead, Slayer
+    scores = [-3.0, -0.5, -1.0, -1.0]
+    assert sample_negatives(example, 0, 2, scores=scores) == ["Portishead", "Slayer"]  # tie: candidate order
+    assert sample_negatives(example, 0, 1, scores=[-0.1, -9.0, -5.0, -2.0]) == ["Moby"]
+    rows = preference_dataset(EXAMPLES, PromptBuilder("music"), num_negatives=2,
+                              scores=[scores, [0, 1, 2, 3], [3, 2, 1, 0]])  # fmt: skip
+    assert rows["rejected"] == [[" Portishead", " Slayer"], [" The Cure", " Air"], [" Muse", " Enigma"]]
+    with pytest.raises(ValueError, match="3 scores for 4 candidates"):
+        sample_negatives(example, 0, 2, scores=scores[:3])
+    with pytest.raises(ValueError, match="score rows"):
+        preference_dataset(EXAMPLES, PromptBuilder("music"), num_negatives=2, scores=[scores])

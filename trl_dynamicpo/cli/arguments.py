@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trl_dynamicpo.losses import LOSS_TYPES
-from trl_dynamicpo.recsys.candidates import NUM_CANDIDATES
+from trl_dynamicpo.recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
 from trl_dynamicpo.recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
 
 
@@ -100,6 +100,14 @@ class RecDataArguments:
         metadata={
             "help": "K, rejected completions per prompt for `train`, drawn from the non-target candidates with a "
             "per-row seed (the paper's main experiments use 15; its public scripts 5). Use -1 for all of them."
+        },
+    )
+    negatives: str = field(
+        default="random",
+        metadata={
+            "help": "`train`: which K non-target candidates are the rejected completions: 'random' (drawn per row) or "
+            "'hard' (the K the starting model ranks highest, mined once before training with one scoring pass).",
+            "choices": list(NEGATIVE_MODES),
         },
     )
     candidate_seed: int = field(

@@ -23,6 +23,25 @@ def dataclass_types() -> tuple:
     return (RecDataArguments, DynamicPOConfig, ModelConfig)
 
 
+def mine_scores(model_args, tokenizer, examples, builder, training_args) -> list[list[float]]:
+    """`negatives: hard`: the starting model's log pi(candidate | prompt) of every candidate, before training."""
+    import torch
+
+    from trl_dynamicpo.recsys import score_candidates
+
+    from .modeling import load_for_eval
+
+    model, _ = load_for_eval(model_args, merge_adapter=True, trust_remote_code=training_args.trust_remote_code)
+    logger.info("Mining hard negatives: scoring the %d prompts' candidates with %s", len(examples),
+                model_args.model_name_or_path)  # fmt: skip
+    scores = score_candidates(model, tokenizer, examples, builder, batch_size=training_args.per_device_eval_batch_size,
+                              show_progress=not training_args.disable_tqdm)  # fmt: skip
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return scores
+
+
 def run_train(data_args: RecDataArguments, training_args, model_args, callbacks: Sequence | None = None):
     """Preference-train `model_args.model_name_or_path` (normally an SFT output); returns the trainer."""
     from trl_dynamicpo.recsys import preference_dataset
@@ -39,12 +58,15 @@ def run_train(data_args: RecDataArguments, training_args, model_args, callbacks:
     check_negatives(data.train, data_args.num_negatives, "training")
     builder = prompt_builder(data_args)
     k, seed = data_args.num_negatives, data_args.candidate_seed
-    train_dataset = preference_dataset(data.train, builder, num_negatives=k, seed=seed)
+    tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
+    hard = data_args.negatives == "hard" and k is not None
+    train_scores = mine_scores(model_args, tokenizer, data.train, builder, training_args) if hard else None
+    train_dataset = preference_dataset(data.train, builder, num_negatives=k, seed=seed, scores=train_scores)
     eval_dataset = None
     if data.eval and training_args.eval_strategy != "no":
         check_negatives(data.eval, k, "validation")
-        eval_dataset = preference_dataset(data.eval, builder, num_negatives=k, seed=seed)
-    tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
+        eval_scores = mine_scores(model_args, tokenizer, data.eval, builder, training_args) if hard else None
+        eval_dataset = preference_dataset(data.eval, builder, num_negatives=k, seed=seed, scores=eval_scores)
     model, ref_model, peft_config, quantization_config, how = policy_inputs(model_args, training_args)
     method = method_name(training_args)
     logger.info("%s on %d prompts, K=%s negatives; %s", method, len(data.train), k or "all", how)

@@ -37,6 +37,7 @@ _LAZY = {
     "sft_dataset": "training_data",
     "preference_dataset": "training_data",
     "sample_negatives": "training_data",
+    "score_candidates": "training_data",
     "parse_answer": "metrics",
     "generation_metrics": "metrics",
     "ranking_metrics": "metrics",
@@ -81,6 +82,7 @@ __all__ = [
     "sft_dataset",
     "preference_dataset",
     "sample_negatives",
+    "score_candidates",
     "parse_answer",
     "generation_metrics",
     "ranking_metrics",
@@ -124,7 +126,7 @@ if TYPE_CHECKING:
         write_sample_slice,
     )
     from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
-    from .training_data import preference_dataset, sample_negatives, sft_dataset
+    from .training_data import preference_dataset, sample_negatives, score_candidates, sft_dataset
 
 
 def __getattr__(name):

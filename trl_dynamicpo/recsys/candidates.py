@@ -28,6 +28,8 @@ from .readers import RecExample, read_catalogue, read_examples, write_examples
 
 # Candidates per prompt, the target included: the LLaRA / S-DPO / DynamicPO setting, for every dataset.
 NUM_CANDIDATES = 20
+# How the rejected completions are picked among a prompt's non-target candidates (`sample_negatives`).
+NEGATIVE_MODES = ("random", "hard")
 
 
 def leak_free_candidates(

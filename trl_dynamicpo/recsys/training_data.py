@@ -83,10 +83,19 @@ def history_label_mask(tokenizer, builder: PromptBuilder, example: RecExample, i
     ]
 
 
-def sample_negatives(example: RecExample, index: int, num_negatives: int | None = None, seed: int = 0) -> list[str]:
+def sample_negatives(
+    example: RecExample,
+    index: int,
+    num_negatives: int | None = None,
+    seed: int = 0,
+    *,
+    scores: Sequence[float] | None = None,
+) -> list[str]:
     """The non-target candidates of `example` used as rejected items for row `index`.
 
-    With `num_negatives=None` all of them, in candidate order; otherwise `num_negatives` distinct ones drawn from
+    With `num_negatives=None` all of them, in candidate order. Otherwise `num_negatives` distinct ones: with `scores`
+    (one per candidate, e.g. a model's log pi(candidate | prompt)) the highest-scoring non-target candidates, best
+    first (ties in candidate order): the "hard" negatives a model already ranks near the answer; without, drawn from
     the row's own random stream (seeded by `seed` and `index`), in drawn order.
     """
     negatives = [c for c in example.candidates if c != example.target]
@@ -94,25 +103,60 @@ def sample_negatives(example: RecExample, index: int, num_negatives: int | None 
         return negatives
     if not 0 < num_negatives <= len(negatives):
         raise ValueError(f"row {index}: num_negatives={num_negatives}, but the row has {len(negatives)} negatives")
+    if scores is not None:
+        if len(scores) != len(example.candidates):
+            raise ValueError(f"row {index}: {len(scores)} scores for {len(example.candidates)} candidates")
+        by_name = dict(zip(example.candidates, scores))
+        return sorted(negatives, key=lambda c: -by_name[c])[:num_negatives]  # stable: ties keep candidate order
     picks = stream(seed, index, SALT_NEGATIVES).choice(len(negatives), size=num_negatives, replace=False)
     return [negatives[j] for j in picks.tolist()]
 
 
 def preference_dataset(
-    examples: Sequence[RecExample], builder: PromptBuilder, num_negatives: int | None = None, seed: int = 0
+    examples: Sequence[RecExample],
+    builder: PromptBuilder,
+    num_negatives: int | None = None,
+    seed: int = 0,
+    *,
+    scores: Sequence[Sequence[float]] | None = None,
 ) -> Dataset:
     """A multi-negative preference dataset: `prompt`, `chosen` (the target) and `rejected` (a list of K items).
 
-    `rejected` holds `num_negatives` non-target candidates drawn per row with a seeded stream (see
-    `sample_negatives`), or all of them when None (K = number of candidates - 1, 19 for the LastFM files).
+    `rejected` holds `num_negatives` non-target candidates per row (see `sample_negatives`): drawn with a seeded
+    stream, or, with `scores` (per row, one score per candidate: `score_candidates` of the SFT model), the K the
+    model ranks highest (hard negatives). `num_negatives=None` takes all of them (K = candidates - 1, 19 for the
+    LastFM files).
     """
+    if scores is not None and len(scores) != len(examples):
+        raise ValueError(f"{len(scores)} score rows for {len(examples)} examples")
     return Dataset.from_dict(
         {
             "prompt": [builder.build(ex, i) for i, ex in enumerate(examples)],
             "chosen": [builder.completion(ex.target) for ex in examples],
             "rejected": [
-                [builder.completion(item) for item in sample_negatives(ex, i, num_negatives, seed)]
+                [
+                    builder.completion(item)
+                    for item in sample_negatives(
+                        ex, i, num_negatives, seed, scores=None if scores is None else scores[i]
+                    )
+                ]
                 for i, ex in enumerate(examples)
             ],
         }
     )
+
+
+def score_candidates(
+    model, tokenizer, examples: Sequence[RecExample], builder: PromptBuilder, *, batch_size: int = 8,
+    show_progress: bool = True,
+) -> list[list[float]]:
+    """log pi(candidate | prompt) of every candidate of every example (aligned with `example.candidates`), with the
+    prompts and completions `preference_dataset` and `evaluate_ranking` use: the input of hard-negative mining."""
+    from ..scoring import score_completions
+
+    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
+    completions = [[builder.completion(c) for c in ex.candidates] for ex in examples]
+    return score_completions(
+        model, tokenizer, prompts, completions, batch_size=batch_size, show_progress=show_progress,
+        desc="Scoring candidates for hard negatives",
+    )  # fmt: skip

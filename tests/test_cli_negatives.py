@@ -1,0 +1,42 @@
+"""`trl-dynamicpo train --negatives hard`: the rejected completions are the K candidates the starting model ranks
+highest, checked against the ranking evaluation's own scores of the same model."""
+
+import json
+
+import pytest
+
+
+def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slice_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_dynamicpo.cli import train
+    from trl_dynamicpo.cli.data import load_rec_data, prompt_builder
+    from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.recsys import evaluate_ranking
+
+    flags = ["--model_name_or_path", slice_data["model_name_or_path"], "--train_file", slice_data["train_file"],
+             "--eval_file", slice_data["eval_file"], "--items_file", slice_data["items_file"],
+             "--max_train_samples", "6", "--num_negatives", "3", "--negatives", "hard", "--max_steps", "1",
+             "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+             "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
+    data_args, training_args, model_args = parse_command("train", train.dataclass_types(), flags)
+    trainer = train.run_train(data_args, training_args, model_args)
+
+    examples = load_rec_data(data_args, need=("train",)).train
+    model = AutoModelForCausalLM.from_pretrained(slice_data["model_name_or_path"])
+    tokenizer = AutoTokenizer.from_pretrained(slice_data["model_name_or_path"])
+    evaluate_ranking(model, tokenizer, examples, prompt_builder(data_args), output_dir=tmp_path / "rank",
+                     show_progress=False)  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "rank" / "predictions.jsonl").read_text().splitlines()]
+    for row, rejected in zip(rows, trainer.train_dataset["rejected"]):
+        wrong = [(s, c) for s, c in zip(row["scores"], row["candidates"]) if c != row["target"]]
+        top = [c for _, c in sorted(wrong, key=lambda sc: -sc[0])[:3]]
+        assert [r.strip() for r in rejected] == top
+
+
+def test_negative_modes_are_checked():
+    from trl_dynamicpo.cli.arguments import RecDataArguments
+    from trl_dynamicpo.cli.parsing import parse_command
+
+    with pytest.raises(SystemExit):
+        parse_command("train", (RecDataArguments,), ["--negatives", "hardest"])
