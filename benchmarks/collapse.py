@@ -216,15 +216,18 @@ def sweep_arguments(preset: Preset, sweep_dir: Path, args):
         value = getattr(args, name)
         return list(value) if value is not None else list(getattr(preset, name))
 
+    overridden = any(getattr(args, name) is not None for name in ("ks", "objectives", "variants", "seeds"))
+
     return SweepArguments(
         sweep_dir=str(sweep_dir),
         ks=pick("ks"),
         objectives=pick("objectives"),
         variants=pick("variants"),
         seeds=pick("seeds"),
-        ablation_ks=[] if args.ks is not None else list(preset.ablation_ks),
-        extra_seeds=[] if args.seeds is not None else list(preset.extra_seeds),
-        extra_seed_ks=list(preset.extra_seed_ks),
+        # A grid given on the command line is the whole grid: the preset's ablations and extra seeds are dropped.
+        ablation_ks=[] if overridden else list(preset.ablation_ks),
+        extra_seeds=[] if overridden else list(preset.extra_seeds),
+        extra_seed_ks=[] if overridden else list(preset.extra_seed_ks),
         eval_files=list(args.eval_file),
         train_args=args.train_args,
         keep_models=False,

@@ -129,8 +129,20 @@ def _log_history(output_dir: Path) -> list[dict]:
     return json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
 
 
+# The models and baselines of the HR@1 panel, in order: (label, where to find its ranking metrics, colour).
+_HR_BARS = (
+    ("random", ("baselines", "random"), "0.8"),
+    ("popularity", ("baselines", "popularity"), "0.65"),
+    ("transitions", ("baselines", "transition"), "0.5"),
+    ("co-occurrence", ("baselines", "cooccurrence"), "0.35"),
+    ("SFT", ("before", "ranking"), "tab:blue"),
+    ("DynamicPO", ("after", "ranking"), "tab:orange"),
+)
+
+
 def plot(results: dict[str, Any], out: Path) -> Path | None:
-    """`quickstart.png`: SFT and DynamicPO training loss, DynamicPO diagnostics, ranking metrics before/after."""
+    """`quickstart.png`: the SFT and DynamicPO losses, DynamicPO's diagnostics, and ranking HR@1 / NDCG@5 of the SFT
+    and DynamicPO models beside the counting baselines, on the same validation prompts."""
     try:
         import matplotlib
 
@@ -141,37 +153,44 @@ def plot(results: dict[str, Any], out: Path) -> Path | None:
     sft_log = [r for r in _log_history(out / "sft") if "loss" in r]
     dpo_log = [r for r in _log_history(out / "dynamicpo") if "loss" in r]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for ax, log, title in ((axes[0, 0], sft_log, "SFT loss (cross-entropy)"), (axes[0, 1], dpo_log, "DynamicPO loss")):
+    for ax, log, title in (
+        (axes[0, 0], sft_log, "SFT loss (history items + answer, cross-entropy)"),
+        (axes[0, 1], dpo_log, "DynamicPO loss"),
+    ):
         if log:
-            ax.plot([r["step"] for r in log], [r["loss"] for r in log])
+            ax.plot([r["step"] for r in log], [r["loss"] for r in log], marker="." if len(log) < 30 else None)
         ax.set_xlabel("step")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
     ax = axes[1, 0]
     for key, label in (
-        ("rewards/accuracies", "reward accuracy"),
+        ("rewards/accuracies", "reward accuracy (answer above every negative)"),
         ("dynamicpo/boundary_negatives", "boundary negatives |B| per prompt"),
         ("dynamicpo/beta_mean", "mean beta_j"),
     ):
         points = [(r["step"], r[key]) for r in dpo_log if key in r]
         if points:
-            ax.plot(*zip(*points), label=label)
+            ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
     ax.set_xlabel("DynamicPO step")
-    ax.set_title("DynamicPO diagnostics")
-    ax.legend(loc="best")
+    ax.set_title("DynamicPO diagnostics", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     ax = axes[1, 1]
-    names = ["hr@1", "hr@5", "ndcg@5", "mrr"]
-    before, after = results["before"]["ranking"], results["after"]["ranking"]
-    xs = range(len(names))
-    width = 0.38
-    ax.bar([x - width / 2 for x in xs], [before[n] for n in names], width, label="SFT (before)")
-    ax.bar([x + width / 2 for x in xs], [after[n] for n in names], width, label="DynamicPO (after)")
-    popularity = (results.get("baselines") or {}).get("popularity")
-    if popularity:
-        ax.scatter(list(xs), [popularity[n] for n in names], marker="_", s=600, color="black", label="popularity")
-    ax.set_xticks(list(xs), [n.upper() for n in names])
+    bars = []
+    for label, (section, name), colour in _HR_BARS:
+        metrics = (results.get(section) or {}).get(name)
+        if metrics:
+            bars.append((label, metrics, colour))
+    xs = range(len(bars))
+    for offset, metric, hatch in ((-0.2, "hr@1", None), (0.2, "ndcg@5", "//")):
+        values = [m[metric] for _, m, _ in bars]
+        drawn = ax.bar([x + offset for x in xs], values, 0.38, color=[c for _, _, c in bars], hatch=hatch,
+                       edgecolor="white", label=metric.upper())  # fmt: skip
+        ax.bar_label(drawn, fmt="%.2f", fontsize=7)
+    ax.set_xticks(list(xs), [label for label, _, _ in bars], fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Ranking on {before['n']} validation prompts (leak-free)")
-    ax.legend(loc="upper left")
+    ax.set_title(f"Ranking the 20 candidates of {results['eval_prompts']} validation prompts (leak-free)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = out / "quickstart.png"
     fig.savefig(path, dpi=110)
@@ -288,7 +307,7 @@ def summary(results: dict[str, Any], figure: Path | None) -> str:
         f"{'SFT (before)':22}{b['hr@1']:8.4f}{b['ndcg@5']:9.4f}{b['hr@5']:8.4f}",
         f"{'DynamicPO (after)':22}{a['hr@1']:8.4f}{a['ndcg@5']:9.4f}{a['hr@5']:8.4f}",
     ]
-    for name in ("random", "popularity"):
+    for name in ("random", "popularity", "transition", "cooccurrence"):
         m = (results.get("baselines") or {}).get(name)
         if m:
             lines.append(f"{name + ' baseline':22}{m['hr@1']:8.4f}{m['ndcg@5']:9.4f}{m['hr@5']:8.4f}")
