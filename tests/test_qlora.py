@@ -49,13 +49,13 @@ def four_bit():
 @pytest.fixture(scope="module")
 def qlora_data(slice_data, tmp_path_factory):
     """`slice_data` with a base model whose linear layers have real 4-bit widths (64 wide, 32-row KV projections)."""
-    from trl_dynamicpo.cli.quickstart import build_base_model
-    from trl_dynamicpo.recsys import read_catalogue, read_examples
+    from trl_dynamicpo.recsys import PromptBuilder, read_catalogue, read_examples
+    from trl_dynamicpo.tiny import build_recommender_lm
 
     root = tmp_path_factory.mktemp("qlora-base")
-    examples = read_examples(slice_data["train_file"])[:64]
-    build_base_model(root, examples, catalogue=read_catalogue(slice_data["items_file"]), vocab_size=300,
-                     hidden_size=64, num_layers=1)  # fmt: skip
+    texts = PromptBuilder().training_texts(read_examples(slice_data["train_file"])[:64])
+    build_recommender_lm(texts, read_catalogue(slice_data["items_file"]), vocab_size=300, hidden_size=64,
+                         num_layers=1, output_dir=root)  # fmt: skip
     return {**slice_data, "model_name_or_path": str(root)}
 
 
