@@ -42,8 +42,10 @@ class DynamicPOConfig(DPOConfig):
             reference forward runs (MPPO is always reference-free).
         shared_prefix (`bool`, *optional*, defaults to `True`):
             Score the prompt once per example: one packed row `[prompt | y+ | y1 | ... | yK]` with a block attention
-            mask. Exactly the naive concatenation's log-probabilities at a fraction of the cost. Falls back (with a
-            warning) to naive rows for models where packing would not be exact.
+            mask. Exactly the naive concatenation's log-probabilities at a fraction of the cost. Used only where that
+            is provably exact (eager / sdpa attention, an architecture in `trl_dynamicpo.packing.PACKABLE_MODEL_TYPES`);
+            other models (flash-attention, convolution / state-space / linear-attention hybrids, ALiBi, unverified
+            architectures) fall back to naive rows with one warning that says why.
         duplicate_negatives (`str`, *optional*, defaults to `"error"`):
             What to do with a negative that repeats the chosen answer or an earlier negative of its row, exactly or up
             to whitespace (`" Radiohead"` and `"Radiohead"`): `"error"` makes the row invalid (see
@@ -126,7 +128,8 @@ class DynamicPOConfig(DPOConfig):
         default=True,
         metadata={
             "help": "Score the prompt once per example (packed row with a block attention mask) instead of once per "
-            "completion. Same log-probabilities, far less compute for many negatives."
+            "completion. Same log-probabilities, far less compute for many negatives. Used only where it is exact for "
+            "the model (otherwise naive rows, with a warning)."
         },
     )
     duplicate_negatives: str = field(
