@@ -10,9 +10,10 @@ the output and in `meta.json` (the sample is far too small for the quick and ful
 
 What a preset does, all through the package's public API:
 
-1. Writes leak-free candidate lists for the training and validation files once (`make_leak_free_file`; negatives
-   drawn per prompt from the catalogue, never seeded by the target), or keeps the papers' lists (`--candidates
-   public`).
+1. Writes the data files once: the training prompts without the last `holdout_users` users (their prompts become
+   an unseen evaluation file, `heldout`, evaluated beside the validation file), with leak-free candidate lists
+   (`leak_free_candidates`: negatives drawn per prompt from the catalogue, never seeded by the target) or the papers'
+   lists (`--candidates public`).
 2. Builds the offline recommender LM (`trl_dynamicpo.tiny.build_recommender_lm`: every artist one token, a small
    Qwen2 with tied embeddings) and writes a CLI recipe for it: SFT with the loss on the history items
    (`history_loss`), preference training from the SFT model on the same prompts, evaluation of every model on the
@@ -77,6 +78,7 @@ class Preset:
     ablation_ks: tuple[int, ...] = ()
     extra_seeds: tuple[int, ...] = ()
     extra_seed_ks: tuple[int, ...] = ()
+    holdout_users: int = 50  # the last users of the training file become an unseen evaluation file
     sample_ok: bool = False  # the bundled sample is the intended data (smoke)
 
 
@@ -85,7 +87,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         hidden_size=32, num_layers=1, tokenizer_vocab=300, sft_max_steps=8, sft_batch=16, po_prompts=32, po_steps=2,
         po_batch=8, eval_prompts=24, max_new_tokens=4, curve_prompts=8, curve_every=1, ks=(1, 3),
-        objectives=("dmpo",), sample_ok=True,
+        objectives=("dmpo",), holdout_users=0, sample_ok=True,
     ),
     # About 10 minutes from an empty cache on 2 cores: a shorter SFT, DMPO plain vs DynamicPO at K = 1 and 19,
     # 1,000 validation prompts.
@@ -105,9 +107,29 @@ def sha1(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def prepare_data(data_dir: Path | None, candidates: str, cache: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    """The recipe's file keys (train/eval/items) and a description of the data for `meta.json`."""
-    from trl_dynamicpo.recsys import make_leak_free_file, sample_path
+def user_sequences(examples) -> list[list[int]]:
+    """Row indices of each user, for files built like the LastFM split: a user's prompts are consecutive rows whose
+    history is the previous row's history (shifted once it holds 10 items) followed by the previous row's answer."""
+    users: list[list[int]] = []
+    for i, ex in enumerate(examples):
+        prev = examples[i - 1] if i else None
+        continues = prev is not None and ex.history[-1] == prev.target and ex.history[:-1] in (
+            prev.history, prev.history[1:]
+        )
+        if continues:
+            users[-1].append(i)
+        else:
+            users.append([i])
+    return users
+
+
+def prepare_data(
+    data_dir: Path | None, candidates: str, holdout_users: int, cache: Path
+) -> tuple[dict[str, str], str | None, dict[str, Any]]:
+    """Write the preset's data files once: the training prompts without the last `holdout_users` users, those
+    users' prompts as an unseen evaluation file, and the validation file, with leak-free candidate lists (or the
+    files' own lists for `public`). Returns the recipe's file keys, the held-out file (or None) and a description."""
+    from trl_dynamicpo.recsys import leak_free_candidates, read_catalogue, read_examples, sample_path, write_examples
 
     if data_dir is None:
         sources = {"train": sample_path("train"), "eval": sample_path("val"), "items": sample_path("items")}
@@ -117,19 +139,30 @@ def prepare_data(data_dir: Path | None, candidates: str, cache: Path) -> tuple[d
         "source": "bundled sample" if data_dir is None else "data folder",
         "files": {k: {"name": v.name, "sha1": sha1(v)} for k, v in sources.items()},
         "candidates": candidates,
+        "holdout_users": holdout_users,
     }
-    if candidates == "public":
-        return {"train_file": str(sources["train"]), "eval_file": str(sources["eval"]),
-                "items_file": str(sources["items"])}, info  # fmt: skip
     key = hashlib.sha1(json.dumps(info, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache / f"data-{key}"
-    files = {"train_file": folder / "train.leak_free.jsonl.gz", "eval_file": folder / "val.leak_free.jsonl.gz"}
-    for target, source in zip(files.values(), (sources["train"], sources["eval"])):
-        if not target.exists():
-            log(f"Writing leak-free candidate lists: {target}")
-            make_leak_free_file(source, target.with_suffix(".tmp"), sources["items"], seed=0, show_progress=False)
-            target.with_suffix(".tmp").replace(target)
-    return {**{k: str(v) for k, v in files.items()}, "items_file": str(sources["items"])}, info
+    files = {name: folder / f"{name}.jsonl.gz" for name in ("train", "val", "heldout")}
+    counts_file = folder / "counts.json"
+    if not counts_file.exists():
+        log(f"Writing the data files ({candidates} candidates) into {folder}")
+        catalogue = read_catalogue(sources["items"])
+        train = read_examples(sources["train"], catalogue=catalogue)
+        splits = {"val": read_examples(sources["eval"], catalogue=catalogue)}
+        users = user_sequences(train)
+        held = {i for user in users[len(users) - holdout_users :] for i in user} if holdout_users else set()
+        splits["train"] = [ex for i, ex in enumerate(train) if i not in held]
+        splits["heldout"] = [ex for i, ex in enumerate(train) if i in held]
+        for name, examples in splits.items():
+            if candidates == "leak_free":
+                examples = leak_free_candidates(examples, catalogue, seed=0)
+            write_examples(examples, files[name])
+        counts = {name: len(examples) for name, examples in splits.items()}
+        counts_file.write_text(json.dumps({**counts, "users": len(users)}) + "\n")
+    info["prompts"] = json.loads(counts_file.read_text())
+    recipe_files = {"train_file": str(files["train"]), "eval_file": str(files["val"]), "items_file": str(sources["items"])}
+    return recipe_files, (str(files["heldout"]) if holdout_users else None), info
 
 
 # ----------------------------------------------------------------------------------------------- model and recipe
@@ -165,7 +198,7 @@ def recipe(files: dict[str, str], preset: Preset, root: Path) -> dict[str, Any]:
     return {
         **files,
         "dataset_name": "lastfm",
-        "candidates": "public",  # the files are already leak-free (or deliberately the papers' lists)
+        "candidates": "public",  # the files are written leak-free (or deliberately keep the papers' lists)
         "template": TEMPLATE,
         "separator": SEPARATOR,
         "history_loss": True,
@@ -209,7 +242,7 @@ def recipe(files: dict[str, str], preset: Preset, root: Path) -> dict[str, Any]:
     }
 
 
-def sweep_arguments(preset: Preset, sweep_dir: Path, args):
+def sweep_arguments(preset: Preset, sweep_dir: Path, args, heldout: str | None = None):
     from trl_dynamicpo.cli.sweep import SweepArguments
 
     def pick(name):
@@ -228,7 +261,7 @@ def sweep_arguments(preset: Preset, sweep_dir: Path, args):
         ablation_ks=[] if overridden else list(preset.ablation_ks),
         extra_seeds=[] if overridden else list(preset.extra_seeds),
         extra_seed_ks=[] if overridden else list(preset.extra_seed_ks),
-        eval_files=list(args.eval_file),
+        eval_files=[*([heldout] if heldout else []), *args.eval_file],
         train_args=args.train_args,
         keep_models=False,
         title=f"Collapse benchmark, preset {args.preset} ({args.candidates} candidates)",
@@ -281,9 +314,9 @@ def main(argv=None) -> int:
         notes.append(notice)
     cache = Path(args.cache_dir)
     start = time.time()
-    files, data_info = prepare_data(data_dir, args.candidates, cache)
+    files, heldout, data_info = prepare_data(data_dir, args.candidates, preset.holdout_users, cache)
     # The base and SFT models depend on the preset and the data only; each sweep name has its own runs.
-    root = cache / f"{args.preset}-{args.candidates}-{data_info['files']['train']['sha1'][:8]}"
+    root = cache / f"{args.preset}-{Path(files['train_file']).parent.name}"
     sweep_dir = root / "sweeps" / (args.name or args.preset)
     if args.fresh:
         for folder in (root / "sft", sweep_dir):
@@ -295,7 +328,7 @@ def main(argv=None) -> int:
 
     recipe_path.write_text(yaml.safe_dump(recipe(files, preset, root), sort_keys=False), encoding="utf-8")
     log(f"Preset {args.preset}: {base['parameters'] / 1e6:.2f}M-parameter model, recipe {recipe_path}")
-    sweep_args = sweep_arguments(preset, sweep_dir, args)
+    sweep_args = sweep_arguments(preset, sweep_dir, args, heldout)
     notes += [
         f"Model: {base['parameters'] / 1e6:.2f}M-parameter Qwen2 (hidden {base['hidden_size']}, "
         f"{base['num_layers']} layers, vocabulary {base['vocab']}, every artist one token).",

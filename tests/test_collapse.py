@@ -83,3 +83,16 @@ def test_a_named_data_folder_must_hold_the_files(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--preset", "smoke", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode != 0 and "lacks" in done.stderr
+
+
+def test_held_out_users_leave_the_training_file(collapse, tmp_path):
+    from trl_dynamicpo.recsys import RecExample, read_examples
+
+    rows = [RecExample(["a", "b"], ["c", "x"], "c"), RecExample(["a", "b", "c"], ["d", "x"], "d"),
+            RecExample(["q"], ["r", "x"], "r"), RecExample(["q", "r"], ["s", "x"], "s")]  # fmt: skip
+    assert collapse.user_sequences(rows) == [[0, 1], [2, 3]]
+    files, heldout, info = collapse.prepare_data(None, "leak_free", 20, tmp_path)
+    train, held = read_examples(files["train_file"]), read_examples(heldout)
+    assert info["prompts"]["heldout"] == len(held) > 0 and info["prompts"]["train"] == len(train)
+    assert len(train) + len(held) == 3000  # the bundled sample's training prompts, each in one file
+    assert not {tuple(ex.history) for ex in held} & {tuple(ex.history) for ex in train}
