@@ -62,7 +62,7 @@ class Preset:
     po_prompts: int | None = 2048
     po_steps: int = 128
     po_batch: int = 16
-    po_lr: float = 1e-3
+    po_lr: float = 3e-4
     po_scheduler: str = "constant_with_warmup"
     beta: float = 1.0
     # evaluation: the whole validation file unless `eval_prompts`; curves on `curve_prompts` every `curve_every`
@@ -93,8 +93,8 @@ PRESETS: dict[str, Preset] = {
     # 1,000 validation prompts.
     "quick": Preset(sft_epochs=0.35, po_steps=64, eval_prompts=1000, ks=(1, 19), objectives=("dmpo",)),
     # The grid: 3 objectives x 2 variants x 6 K, DMPO ablations at K = 5, 15, 19, DMPO plain / DynamicPO with two
-    # more seeds at K = 1, 5, 15, 19; whole validation file, both protocols.
-    "full": Preset(ablation_ks=(5, 15, 19), extra_seeds=(1, 2), extra_seed_ks=(1, 5, 15, 19)),
+    # more seeds at K = 1, 15, 19 (54 runs); the whole validation file and the held-out users, both protocols.
+    "full": Preset(ablation_ks=(5, 15, 19), extra_seeds=(1, 2), extra_seed_ks=(1, 15, 19)),
 }  # fmt: skip
 
 
@@ -323,7 +323,8 @@ def main(argv=None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     base = build_base(files, preset, root / "base")
-    recipe_path = root / "recipe.yaml"
+    recipe_path = sweep_dir / "recipe.yaml"  # per sweep: sweeps of one preset may run at the same time
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     import yaml
 
     recipe_path.write_text(yaml.safe_dump(recipe(files, preset, root), sort_keys=False), encoding="utf-8")
