@@ -255,7 +255,7 @@ class QuickstartArguments:
     dpo_epochs: float = field(default=1.0, metadata={"help": "DynamicPO epochs."})
     dpo_learning_rate: float = field(default=1e-4, metadata={"help": "DynamicPO learning rate."})
     beta: float = field(default=1.0, metadata={"help": "DynamicPO base beta."})
-    num_negatives: int = field(default=15, metadata={"help": "K negatives per prompt for DynamicPO."})
+    num_negatives: int = field(default=19, metadata={"help": "K negatives per prompt for DynamicPO (19: every other candidate)."})
     multi_negative_loss: str = field(
         default="dmpo", metadata={"help": "Base objective.", "choices": list(LOSS_TYPES)}
     )
