@@ -18,7 +18,7 @@ def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slic
              "--eval_file", slice_data["eval_file"], "--items_file", slice_data["items_file"],
              "--max_train_samples", "6", "--num_negatives", "3", "--negatives", "hard", "--max_steps", "1",
              "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-             "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
+             "--save_strategy", "no", "--disable_tqdm", "true", "--gradient_checkpointing", "false"]  # fmt: skip
     data_args, training_args, model_args = parse_command("train", train.dataclass_types(), flags)
     trainer = train.run_train(data_args, training_args, model_args)
 
