@@ -241,7 +241,8 @@ VARIANT_STYLE = {
 
 
 def plot_hr_vs_k(reference, results, eval_set: str, path: Path) -> Path | None:
-    """HR@1 vs K per objective (ranking top, generation bottom), 95% bootstrap bands, SFT and baselines."""
+    """HR@1 vs K per objective and protocol, two rows each: HR@1 with 95% bootstrap bands (SFT and the co-occurrence
+    baseline as lines), and the paired difference to the SFT model with its 95% paired-bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,32 +253,43 @@ def plot_hr_vs_k(reference, results, eval_set: str, path: Path) -> Path | None:
     protocols = [p for p in PROTOCOL_METRICS if p in reference["eval"].get(eval_set, {})]
     if not objectives or not protocols:
         return None
-    fig, axes = plt.subplots(len(protocols), len(objectives), figsize=(4.3 * len(objectives), 3.4 * len(protocols)),
-                             squeeze=False, sharey="row")  # fmt: skip
-    for row, protocol in enumerate(protocols):
+    fig, axes = plt.subplots(2 * len(protocols), len(objectives), figsize=(max(5.0, 4.3 * len(objectives)),
+                             2.9 * 2 * len(protocols)), squeeze=False, sharey="row")  # fmt: skip
+    for p_index, protocol in enumerate(protocols):
         sft = _hits(reference, eval_set, protocol)
         baselines = reference["eval"][eval_set].get("baselines") or {}
         for col, objective in enumerate(objectives):
-            ax = axes[row][col]
+            top, bottom = axes[2 * p_index][col], axes[2 * p_index + 1][col]
             for variant, style in VARIANT_STYLE.items():
                 ks = sorted(k for (o, v, k) in groups if o == objective and v == variant)
                 if not ks:
                     continue
-                bands = [mean_interval(seed_mean_hits(groups[(objective, variant, k)], eval_set, protocol)) for k in ks]
-                ax.plot(ks, [b[0] for b in bands], label=VARIANTS[variant].label, markersize=4, **style)
-                ax.fill_between(ks, [b[1] for b in bands], [b[2] for b in bands], color=style["color"], alpha=0.15)
+                hits = [seed_mean_hits(groups[(objective, variant, k)], eval_set, protocol) for k in ks]
+                bands = [mean_interval(h) for h in hits]
+                top.plot(ks, [b[0] for b in bands], label=VARIANTS[variant].label, markersize=4, **style)
+                top.fill_between(ks, [b[1] for b in bands], [b[2] for b in bands], color=style["color"], alpha=0.12)
+                if sft is not None:
+                    diffs = [paired_comparison(h, sft) for h in hits]
+                    bottom.plot(ks, [d.diff for d in diffs], markersize=4, **style)
+                    bottom.fill_between(ks, [d.ci_low for d in diffs], [d.ci_high for d in diffs], color=style["color"],
+                                        alpha=0.15)  # fmt: skip
             if sft is not None:
-                ax.axhline(float(sft.mean()), color="black", linestyle=":", label="SFT (start)")
-            if protocol == "ranking":
-                for name, style in (("popularity", "-."), ("cooccurrence", "--")):
-                    if name in baselines:
-                        ax.axhline(baselines[name]["hr@1"], color="0.5", linestyle=style, linewidth=1, label=name)
-            ax.set_title(f"{OBJECTIVE_NAMES[objective]}: {protocol} HR@1", fontsize=9)
-            ax.set_xlabel("K (negatives per prompt)")
-            ax.grid(alpha=0.3)
-        axes[row][0].set_ylabel("HR@1")
-        axes[row][0].legend(fontsize=7)
-    fig.suptitle(f"HR@1 vs K on {eval_set} (bands: 95% bootstrap over prompts, seeds averaged)", fontsize=10)
+                top.axhline(float(sft.mean()), color="black", linestyle=":", label="SFT (start)")
+                bottom.axhline(0.0, color="black", linestyle=":")
+            low, high = top.get_ylim()
+            if protocol == "ranking" and "cooccurrence" in baselines and low <= baselines["cooccurrence"]["hr@1"] <= high:
+                top.axhline(baselines["cooccurrence"]["hr@1"], color="0.5", linestyle="--", linewidth=1,
+                            label="co-occurrence")  # fmt: skip
+            top.set_title(f"{OBJECTIVE_NAMES[objective]}: {protocol} HR@1", fontsize=9)
+            bottom.set_title(f"{OBJECTIVE_NAMES[objective]}: {protocol} HR@1 - SFT (paired)", fontsize=9)
+            bottom.set_xlabel("K (negatives per prompt)")
+            for ax in (top, bottom):
+                ax.grid(alpha=0.3)
+                ax.set_xticks(sorted({k for (o, _, k) in groups if o == objective}))
+        axes[2 * p_index][0].set_ylabel("HR@1")
+        axes[2 * p_index + 1][0].set_ylabel("difference")
+        axes[2 * p_index][0].legend(fontsize=7)
+    fig.suptitle(f"{eval_set}: bands are 95% bootstrap intervals over prompts", fontsize=9)
     return _save(fig, path)
 
 
