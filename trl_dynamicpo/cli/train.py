@@ -35,7 +35,7 @@ def mine_scores(model_args, tokenizer, examples, builder, training_args) -> list
     logger.info("Mining hard negatives: scoring the %d prompts' candidates with %s", len(examples),
                 model_args.model_name_or_path)  # fmt: skip
     scores = score_candidates(model, tokenizer, examples, builder, batch_size=training_args.per_device_eval_batch_size,
-                              show_progress=not training_args.disable_tqdm)  # fmt: skip
+                              show_progress=not training_args.disable_tqdm, desc="Mining hard negatives")  # fmt: skip
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

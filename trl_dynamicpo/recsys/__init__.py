@@ -37,7 +37,7 @@ _LAZY = {
     "sft_dataset": "training_data",
     "preference_dataset": "training_data",
     "sample_negatives": "training_data",
-    "score_candidates": "training_data",
+    "score_candidates": "evaluation",
     "parse_answer": "metrics",
     "generation_metrics": "metrics",
     "ranking_metrics": "metrics",
@@ -112,7 +112,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .baselines import baseline_metrics, item_counts, popularity_baseline, random_baseline, transition_baseline
     from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
-    from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers
+    from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers, score_candidates
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
     from .prompts import ANSWER_CUE, COMPACT_TEMPLATE, TEMPLATES, PromptBuilder
     from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples
@@ -126,7 +126,7 @@ if TYPE_CHECKING:
         write_sample_slice,
     )
     from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
-    from .training_data import preference_dataset, sample_negatives, score_candidates, sft_dataset
+    from .training_data import preference_dataset, sample_negatives, sft_dataset
 
 
 def __getattr__(name):

@@ -122,6 +122,35 @@ def _write_outputs(shard: _Shard, output_dir: str | os.PathLike | None, metrics:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def score_candidates(
+    model,
+    tokenizer,
+    examples: Sequence[RecExample],
+    builder: PromptBuilder,
+    *,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    show_progress: bool = True,
+    desc: str = "Scoring candidates",
+) -> list[list[float]]:
+    """log pi(candidate | prompt) of every candidate of `examples[i]` for each i in `indices` (default: all), aligned
+    with `example.candidates`: prompt i is `builder.build(examples[i], i)`, candidate c's completion
+    `builder.completion(c)`, scored as the trainer scores completions (`score_completions`). The scores the ranking
+    evaluation ranks by, and the input of hard-negative mining (`preference_dataset(..., scores=...)`)."""
+    from trl_dynamicpo.scoring import score_completions
+
+    indices = range(len(examples)) if indices is None else indices
+    return score_completions(
+        model,
+        tokenizer,
+        [builder.build(examples[i], i) for i in indices],
+        [[builder.completion(c) for c in examples[i].candidates] for i in indices],
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc=desc,
+    )
+
+
 def evaluate_ranking(
     model,
     tokenizer,
@@ -152,18 +181,11 @@ def evaluate_ranking(
         `{"hr@1", "ndcg@1", "hr@5", "ndcg@5", "mrr", "n"}` (plus `baselines` and `leak_check` with
         `train_examples`).
     """
-    from trl_dynamicpo.scoring import score_completions
-
     shard = _Shard(len(examples))
-    scores = score_completions(
-        model,
-        tokenizer,
-        [builder.build(examples[i], i) for i in shard.indices],
-        [[builder.completion(c) for c in examples[i].candidates] for i in shard.indices],
-        batch_size=batch_size,
-        show_progress=show_progress and shard.is_local_main_process,
-        desc="Ranking candidates",
-    )
+    scores = score_candidates(
+        model, tokenizer, examples, builder, indices=shard.indices, batch_size=batch_size,
+        show_progress=show_progress and shard.is_local_main_process, desc="Ranking candidates",
+    )  # fmt: skip
     scores = shard.gather(scores)
     targets = [ex.target_index for ex in examples]
     metrics: dict[str, Any] = ranking_metrics(scores, targets, ks)

@@ -144,19 +144,3 @@ def preference_dataset(
             ],
         }
     )
-
-
-def score_candidates(
-    model, tokenizer, examples: Sequence[RecExample], builder: PromptBuilder, *, batch_size: int = 8,
-    show_progress: bool = True,
-) -> list[list[float]]:
-    """log pi(candidate | prompt) of every candidate of every example (aligned with `example.candidates`), with the
-    prompts and completions `preference_dataset` and `evaluate_ranking` use: the input of hard-negative mining."""
-    from ..scoring import score_completions
-
-    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
-    completions = [[builder.completion(c) for c in ex.candidates] for ex in examples]
-    return score_completions(
-        model, tokenizer, prompts, completions, batch_size=batch_size, show_progress=show_progress,
-        desc="Scoring candidates for hard negatives",
-    )  # fmt: skip
