@@ -151,3 +151,15 @@ def test_hard_negatives_are_the_highest_scored_non_targets():
         sample_negatives(example, 0, 2, scores=scores[:3])
     with pytest.raises(ValueError, match="score rows"):
         preference_dataset(EXAMPLES, PromptBuilder("music"), num_negatives=2, scores=[scores])
+
+
+def test_rejected_items_are_used_as_given_and_topped_up():
+    rows = preference_dataset(EXAMPLES, PromptBuilder("music"), num_negatives=2, seed=3,
+                              rejected_items=[["Air", "Björk", "Air"], ["Nirvana", "Muse", "Coldplay"], []])  # fmt: skip
+    first, second, third = rows["rejected"]
+    assert first[0] == " Air" and len(first) == 2 and first[1] in {" Moby", " Portishead", " Slayer"}  # target, repeat out
+    assert second == [" Nirvana", " Muse"]  # not candidates: the model's own wrong answers
+    assert len(third) == 2 and set(third) <= {" Muse", " Enigma", " Madonna"}  # only seeded candidates
+    again = preference_dataset(EXAMPLES, PromptBuilder("music"), num_negatives=2, seed=3,
+                               rejected_items=[["Air", "Björk", "Air"], ["Nirvana", "Muse", "Coldplay"], []])  # fmt: skip
+    assert again["rejected"] == rows["rejected"]

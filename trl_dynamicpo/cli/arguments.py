@@ -105,8 +105,9 @@ class RecDataArguments:
     negatives: str = field(
         default="random",
         metadata={
-            "help": "`train`: which K non-target candidates are the rejected completions: 'random' (drawn per row) or "
-            "'hard' (the K the starting model ranks highest, mined once before training with one scoring pass).",
+            "help": "`train`: the K rejected completions: 'random' (non-target candidates drawn per row), 'hard' (the K "
+            "candidates the starting model ranks highest) or 'generated' (the starting model's own K most likely wrong "
+            "answers by beam search, candidates or not); 'hard' and 'generated' are mined once before training.",
             "choices": list(NEGATIVE_MODES),
         },
     )

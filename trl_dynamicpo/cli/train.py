@@ -23,23 +23,28 @@ def dataclass_types() -> tuple:
     return (RecDataArguments, DynamicPOConfig, ModelConfig)
 
 
-def mine_scores(model_args, tokenizer, examples, builder, training_args) -> list[list[float]]:
-    """`negatives: hard`: the starting model's log pi(candidate | prompt) of every candidate, before training."""
+def mine_negatives(data_args, model_args, tokenizer, examples, builder, training_args) -> dict:
+    """`negatives: hard | generated`: the starting model's scores of every candidate, or its own wrong answers, as
+    `preference_dataset` keyword arguments (mined once, before training, with the model loaded as `eval` loads it)."""
     import torch
 
-    from trl_dynamicpo.recsys import score_candidates
+    from trl_dynamicpo.recsys import generated_negatives, score_candidates
 
     from .modeling import load_for_eval
 
     model, _ = load_for_eval(model_args, merge_adapter=True, trust_remote_code=training_args.trust_remote_code)
-    logger.info("Mining hard negatives: scoring the %d prompts' candidates with %s", len(examples),
+    logger.info("Mining %s negatives for %d prompts with %s", data_args.negatives, len(examples),
                 model_args.model_name_or_path)  # fmt: skip
-    scores = score_candidates(model, tokenizer, examples, builder, batch_size=training_args.per_device_eval_batch_size,
-                              show_progress=not training_args.disable_tqdm, desc="Mining hard negatives")  # fmt: skip
+    common = {"batch_size": training_args.per_device_eval_batch_size, "show_progress": not training_args.disable_tqdm}
+    if data_args.negatives == "hard":
+        mined = {"scores": score_candidates(model, tokenizer, examples, builder, desc="Mining hard negatives", **common)}
+    else:
+        mined = {"rejected_items": generated_negatives(model, tokenizer, examples, builder, data_args.num_negatives,
+                                                       **common)}  # fmt: skip
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return scores
+    return mined
 
 
 def run_train(data_args: RecDataArguments, training_args, model_args, callbacks: Sequence | None = None):
@@ -59,14 +64,17 @@ def run_train(data_args: RecDataArguments, training_args, model_args, callbacks:
     builder = prompt_builder(data_args)
     k, seed = data_args.num_negatives, data_args.candidate_seed
     tokenizer = load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code)
-    hard = data_args.negatives == "hard" and k is not None
-    train_scores = mine_scores(model_args, tokenizer, data.train, builder, training_args) if hard else None
-    train_dataset = preference_dataset(data.train, builder, num_negatives=k, seed=seed, scores=train_scores)
+    mined = data_args.negatives != "random" and k is not None
+
+    def dataset(examples):
+        extra = mine_negatives(data_args, model_args, tokenizer, examples, builder, training_args) if mined else {}
+        return preference_dataset(examples, builder, num_negatives=k, seed=seed, **extra)
+
+    train_dataset = dataset(data.train)
     eval_dataset = None
     if data.eval and training_args.eval_strategy != "no":
         check_negatives(data.eval, k, "validation")
-        eval_scores = mine_scores(model_args, tokenizer, data.eval, builder, training_args) if hard else None
-        eval_dataset = preference_dataset(data.eval, builder, num_negatives=k, seed=seed, scores=eval_scores)
+        eval_dataset = dataset(data.eval)
     model, ref_model, peft_config, quantization_config, how = policy_inputs(model_args, training_args)
     method = method_name(training_args)
     logger.info("%s on %d prompts, K=%s negatives; %s", method, len(data.train), k or "all", how)

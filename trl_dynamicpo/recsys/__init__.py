@@ -38,6 +38,7 @@ _LAZY = {
     "preference_dataset": "training_data",
     "sample_negatives": "training_data",
     "score_candidates": "evaluation",
+    "generated_negatives": "evaluation",
     "parse_answer": "metrics",
     "generation_metrics": "metrics",
     "ranking_metrics": "metrics",
@@ -83,6 +84,7 @@ __all__ = [
     "preference_dataset",
     "sample_negatives",
     "score_candidates",
+    "generated_negatives",
     "parse_answer",
     "generation_metrics",
     "ranking_metrics",
@@ -112,7 +114,14 @@ __all__ = [
 if TYPE_CHECKING:
     from .baselines import baseline_metrics, item_counts, popularity_baseline, random_baseline, transition_baseline
     from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
-    from .evaluation import RecEvalCallback, evaluate_generation, evaluate_ranking, generate_answers, score_candidates
+    from .evaluation import (
+        RecEvalCallback,
+        evaluate_generation,
+        evaluate_ranking,
+        generate_answers,
+        generated_negatives,
+        score_candidates,
+    )
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
     from .prompts import ANSWER_CUE, COMPACT_TEMPLATE, TEMPLATES, PromptBuilder
     from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples

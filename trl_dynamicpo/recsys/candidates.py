@@ -28,8 +28,9 @@ from .readers import RecExample, read_catalogue, read_examples, write_examples
 
 # Candidates per prompt, the target included: the LLaRA / S-DPO / DynamicPO setting, for every dataset.
 NUM_CANDIDATES = 20
-# How the rejected completions are picked among a prompt's non-target candidates (`sample_negatives`).
-NEGATIVE_MODES = ("random", "hard")
+# How the rejected completions are picked: among a prompt's non-target candidates at random or by a model's scores
+# (`sample_negatives`), or as a model's own wrong answers (`generated_negatives`).
+NEGATIVE_MODES = ("random", "hard", "generated")
 
 
 def leak_free_candidates(

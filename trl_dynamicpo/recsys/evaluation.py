@@ -225,10 +225,13 @@ def generate_answers(
     batch_size: int = 8,
     max_new_tokens: int = 20,
     show_progress: bool = True,
-) -> list[str]:
+    num_answers: int = 1,
+) -> list[str] | list[list[str]]:
     """Greedy answers (decoded new tokens, special tokens skipped) for each prompt, batched with left padding.
 
-    Prompts are batched in order of length to limit padding; answers come back in the input order.
+    Prompts are batched in order of length to limit padding; answers come back in the input order. With
+    `num_answers` > 1, each prompt gets its `num_answers` most likely answers (beam search with that many beams,
+    best first) as a list.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -236,7 +239,7 @@ def generate_answers(
     device = next(model.parameters()).device
     encoded = [_prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-    answers: list[str] = [""] * len(encoded)
+    answers: list = [None] * len(encoded)
     was_training = model.training
     model.eval()
     try:
@@ -254,15 +257,37 @@ def generate_answers(
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                num_beams=1,
+                num_beams=num_answers,
+                num_return_sequences=num_answers,
                 pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
+            texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
             for row, i in enumerate(batch):
-                answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+                mine = texts[row * num_answers : (row + 1) * num_answers]
+                answers[i] = mine[0] if num_answers == 1 else mine
     finally:
         model.train(was_training)
     return answers
+
+
+def generated_negatives(
+    model, tokenizer, examples: Sequence[RecExample], builder: PromptBuilder, num_negatives: int, *,
+    batch_size: int = 8, max_new_tokens: int = 20, show_progress: bool = True,
+) -> list[list[str]]:
+    """The model's own most likely wrong answers per prompt: its `num_negatives` + 1 best answers (beam search),
+    stripped, without the target and repeats, as item names for `preference_dataset(..., rejected_items=...)`.
+    They need not be candidates of the prompt: items from the whole catalogue the model would name instead."""
+    prompts = [builder.build(ex, i) for i, ex in enumerate(examples)]
+    answers = generate_answers(
+        model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress=show_progress,
+        num_answers=num_negatives + 1,
+    )  # fmt: skip
+    out = []
+    for ex, texts in zip(examples, answers):
+        names = [t.strip() for t in texts]
+        out.append([n for n in dict.fromkeys(names) if n and n != ex.target][:num_negatives])
+    return out
 
 
 def evaluate_generation(

@@ -119,28 +119,37 @@ def preference_dataset(
     seed: int = 0,
     *,
     scores: Sequence[Sequence[float]] | None = None,
+    rejected_items: Sequence[Sequence[str]] | None = None,
 ) -> Dataset:
     """A multi-negative preference dataset: `prompt`, `chosen` (the target) and `rejected` (a list of K items).
 
     `rejected` holds `num_negatives` non-target candidates per row (see `sample_negatives`): drawn with a seeded
     stream, or, with `scores` (per row, one score per candidate: `score_candidates` of the SFT model), the K the
     model ranks highest (hard negatives). `num_negatives=None` takes all of them (K = candidates - 1, 19 for the
-    LastFM files).
+    LastFM files). `rejected_items` (per row, item names: `generated_negatives`, the model's own wrong answers) gives
+    the negatives directly, candidates of the prompt or not; a row with fewer than `num_negatives` of them is topped
+    up with its seeded random candidates.
     """
-    if scores is not None and len(scores) != len(examples):
-        raise ValueError(f"{len(scores)} score rows for {len(examples)} examples")
+    for name, given in (("score", scores), ("rejected-item", rejected_items)):
+        if given is not None and len(given) != len(examples):
+            raise ValueError(f"{len(given)} {name} rows for {len(examples)} examples")
+
+    def negatives(ex, i):
+        if rejected_items is None:
+            return sample_negatives(ex, i, num_negatives, seed, scores=None if scores is None else scores[i])
+        own = [n for n in dict.fromkeys(rejected_items[i]) if n != ex.target][:num_negatives]
+        if num_negatives is None:
+            return own or sample_negatives(ex, i, None, seed)
+        if len(own) >= num_negatives:
+            return own
+        fill = [c for c in sample_negatives(ex, i, None, seed) if c not in own]
+        picks = stream(seed, i, SALT_NEGATIVES).permutation(len(fill))[: num_negatives - len(own)]
+        return own + [fill[j] for j in picks.tolist()]
+
     return Dataset.from_dict(
         {
             "prompt": [builder.build(ex, i) for i, ex in enumerate(examples)],
             "chosen": [builder.completion(ex.target) for ex in examples],
-            "rejected": [
-                [
-                    builder.completion(item)
-                    for item in sample_negatives(
-                        ex, i, num_negatives, seed, scores=None if scores is None else scores[i]
-                    )
-                ]
-                for i, ex in enumerate(examples)
-            ],
+            "rejected": [[builder.completion(item) for item in negatives(ex, i)] for i, ex in enumerate(examples)],
         }
     )
