@@ -84,23 +84,27 @@ def sft_model_path(plan: SweepPlan) -> str:
 
 
 def ensure_sft(plan: SweepPlan, *, log=print) -> str:
-    """Run the recipe's `sft` stage unless its output already holds a model; returns the SFT model path."""
+    """Run the recipe's `sft` stage unless it has finished before; returns the model `train` starts from.
+
+    When `train` starts from the `sft` stage's output, that stage counts as finished once its run record
+    (`trl_dynamicpo_run.json`, written after the model) exists, so an SFT killed half-way is trained again; a model
+    from elsewhere (a Hub id, another folder) is used as it is.
+    """
     from ..cli import sft
+    from ..cli.common import RUN_RECORD
     from ..cli.parsing import parse_command
 
     path = sft_model_path(plan)
+    args = parse_command("sft", sft.dataclass_types(), [*_config_flags(plan), *plan.sft_args])
     state = _state()
-    done = Path(path, "config.json").exists() or Path(path, "adapter_config.json").exists()
+    if Path(args[1].output_dir).resolve() != Path(path).resolve():
+        log(f"`train` starts from {path}, not from the recipe's sft output: no SFT stage")
+        return path
+    done = Path(path, RUN_RECORD).exists()
     state.wait_for_everyone()
     if done:
         log(f"SFT model found at {path}: not retraining it")
         return path
-    args = parse_command("sft", sft.dataclass_types(), [*_config_flags(plan), *plan.sft_args])
-    if str(Path(args[1].output_dir).resolve()) != str(Path(path).resolve()):
-        raise ValueError(
-            f"{plan.recipe}: `train` starts from {path} but `sft` writes {args[1].output_dir}; point the train "
-            "section's model_name_or_path at the sft output_dir (or train the SFT model first)."
-        )
     log(f"SFT: training {path}")
     start = time.time()
     trainer = sft.run_sft(*args)
