@@ -22,6 +22,16 @@ def test_quickstart_tiny(tmp_path, capsys):
     assert metrics["baselines"]["random"]["n"] == 32
     assert set(metrics["timings_s"]) == {"build", "sft", "eval_before", "dynamicpo", "eval_after", "total"}
     assert (out / "quickstart.png").stat().st_size > 10_000
+    # The before/after comparison is paired on the same prompts: wins and losses are recounted from the predictions.
+    from trl_dynamicpo.recsys import read_hits
+
+    sft_hits, po_hits = (read_hits(out / f"eval_{name}" / "ranking" / "predictions.jsonl") for name in ("sft", "dynamicpo"))
+    paired = metrics["paired_hr@1"]
+    assert paired["n"] == 32 and paired["wins"] == sum(p > s for p, s in zip(po_hits, sft_hits))
+    assert paired["losses"] == sum(p < s for p, s in zip(po_hits, sft_hits))
+    assert abs(paired["diff"] - (metrics["after"]["ranking"]["hr@1"] - metrics["before"]["ranking"]["hr@1"])) < 1e-9
+    assert paired["ci_low"] <= paired["diff"] <= paired["ci_high"]
+    assert "DynamicPO - SFT, HR@1 on the same prompts" in printed
     for folder in ("base", "sft", "dynamicpo"):
         assert (out / folder / "model.safetensors").exists()
     history = json.loads((out / "dynamicpo" / "trainer_state.json").read_text())["log_history"]

@@ -290,6 +290,12 @@ def run_quickstart(qargs: QuickstartArguments) -> dict[str, Any]:
         "timings_s": timings,
         "recipe": str(recipe_path),
     }
+    # HR@1 after minus before on the same prompts: wins/losses and a paired interval, not two means side by side.
+    from trl_dynamicpo.recsys import read_hits
+    from trl_dynamicpo.sweep.stats import paired_comparison
+
+    hits = {name: read_hits(out / f"eval_{name}" / "ranking" / "predictions.jsonl") for name in ("sft", "dynamicpo")}
+    results["paired_hr@1"] = paired_comparison(hits["dynamicpo"], hits["sft"]).as_dict()
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     figure = plot(results, out) if qargs.plot else None
     print(summary(results, figure))
@@ -307,6 +313,13 @@ def summary(results: dict[str, Any], figure: Path | None) -> str:
         f"{'SFT (before)':22}{b['hr@1']:8.4f}{b['ndcg@5']:9.4f}{b['hr@5']:8.4f}",
         f"{'DynamicPO (after)':22}{a['hr@1']:8.4f}{a['ndcg@5']:9.4f}{a['hr@5']:8.4f}",
     ]
+    paired = results.get("paired_hr@1")
+    if paired:
+        from trl_dynamicpo.sweep.stats import PairedComparison
+
+        lines.append(
+            f"DynamicPO - SFT, HR@1 on the same prompts: {PairedComparison(**paired).describe()}, 95% bootstrap interval"
+        )
     for name in ("random", "popularity", "transition", "cooccurrence"):
         m = (results.get("baselines") or {}).get(name)
         if m:

@@ -8,7 +8,7 @@ Modules:
 - `training_data`: `sft_dataset`, `preference_dataset` (TRL prompt-completion / multi-negative preference formats).
 - `metrics`: `parse_answer`, `generation_metrics`, `ranking_metrics`.
 - `baselines`: random, popularity and transition baselines, `baseline_metrics`.
-- `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`.
+- `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`, `read_hits` (per-prompt hits).
 - `sample`: the bundled LastFM sample (`load_sample`, `sample_path`, `build_sample`).
 - `tools`: `main_leak_free`, `main_leak_check` command-line entry points.
 
@@ -39,6 +39,7 @@ _LAZY = {
     "sample_negatives": "training_data",
     "score_candidates": "evaluation",
     "generated_negatives": "evaluation",
+    "read_hits": "evaluation",
     "parse_answer": "metrics",
     "generation_metrics": "metrics",
     "ranking_metrics": "metrics",
@@ -85,6 +86,7 @@ __all__ = [
     "sample_negatives",
     "score_candidates",
     "generated_negatives",
+    "read_hits",
     "parse_answer",
     "generation_metrics",
     "ranking_metrics",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
         evaluate_ranking,
         generate_answers,
         generated_negatives,
+        read_hits,
         score_candidates,
     )
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks

@@ -122,6 +122,15 @@ def _write_outputs(shard: _Shard, output_dir: str | os.PathLike | None, metrics:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def read_hits(path: str | os.PathLike, protocol: str = "ranking") -> list[int]:
+    """Per-prompt HR@1 hits (0/1) from an evaluation's `predictions.jsonl`, in prompt order (for paired tests)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows.sort(key=lambda r: r["index"])
+    if protocol == "ranking":
+        return [int(r["rank"] == 1) for r in rows]
+    return [int(bool(r["hit"])) for r in rows]
+
+
 def score_candidates(
     model,
     tokenizer,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..recsys.evaluation import read_hits
 from .grid import GridPoint
 
 
@@ -141,15 +142,6 @@ def evaluate_model(plan: SweepPlan, model_path: str, out_dir: Path, *, baselines
                 entry[extra] = metrics[extra]
         results[name] = entry
     return results
-
-
-def read_hits(path: Path, protocol: str) -> list[int]:
-    """Per-prompt HR@1 hits (0/1) from an evaluation's `predictions.jsonl`, in prompt order."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows.sort(key=lambda r: r["index"])
-    if protocol == "ranking":
-        return [int(r["rank"] == 1) for r in rows]
-    return [int(bool(r["hit"])) for r in rows]
 
 
 def curves_from_state(output_dir: Path) -> list[dict[str, float]]:
