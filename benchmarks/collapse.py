@@ -15,7 +15,7 @@ What a preset does, all through the package's public API:
    (`leak_free_candidates`: negatives drawn per prompt from the catalogue, never seeded by the target) or the papers'
    lists (`--candidates public`).
 2. Builds the offline recommender LM (`trl_dynamicpo.tiny.build_recommender_lm`: every artist one token, a small
-   Qwen2 with tied embeddings) and writes a CLI recipe for it: SFT with the loss on the history items
+   Llama-shaped model with tied embeddings) and writes a CLI recipe for it: SFT with the loss on the history items
    (`history_loss`), preference training from the SFT model on the same prompts, evaluation of every model on the
    whole validation file with the ranking and the papers' generation protocols.
 3. Runs `trl-dynamicpo sweep` on that recipe with the preset's grid (K x objective x variant x seeds), which trains
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     log(f"Preset {args.preset}: {base['parameters'] / 1e6:.2f}M-parameter model, recipe {recipe_path}")
     sweep_args = sweep_arguments(preset, sweep_dir, args, heldout)
     notes += [
-        f"Model: {base['parameters'] / 1e6:.2f}M-parameter Qwen2 (hidden {base['hidden_size']}, "
+        f"Model: {base['parameters'] / 1e6:.2f}M-parameter Llama-shaped model (hidden {base['hidden_size']}, "
         f"{base['num_layers']} layers, vocabulary {base['vocab']}, every artist one token).",
         f"SFT: loss on history items and answer, {preset.sft_epochs} epochs over all training prompts; preference "
         f"runs: {preset.po_steps} steps x {preset.po_batch} prompts from the SFT model, lr {preset.po_lr} "
