@@ -43,8 +43,8 @@ def main(model_dir: str, out_dir: str, count: int) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples, train = load_sample("val")[:count], load_sample("train")[:300]
     baseline_calls = []
-    compute_baselines = evaluation.baseline_metrics
-    evaluation.baseline_metrics = lambda *args, **kwargs: baseline_calls.append(1) or compute_baselines(*args, **kwargs)
+    compute_baselines = evaluation.baseline_scores
+    evaluation.baseline_scores = lambda *args, **kwargs: baseline_calls.append(1) or compute_baselines(*args, **kwargs)
 
     builder = RecordingBuilder("music")
     ranking = evaluate_ranking(model, tokenizer, examples, builder, batch_size=2, output_dir=out / "ranking",

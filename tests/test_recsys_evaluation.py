@@ -103,6 +103,26 @@ def test_ranking_restores_train_mode_and_adds_baselines(rec_model, rec_tokenizer
     assert set(result["leak_check"]) >= {"hit_rate", "chance", "n"}
 
 
+def test_ranking_predictions_hold_each_baselines_rank_for_paired_tests(rec_model, rec_tokenizer, examples, tmp_path):
+    from trl_dynamicpo.recsys import read_hits
+    from trl_dynamicpo.recsys.baselines import baseline_metrics
+
+    train = load_sample("train")[:300]
+    result = evaluate_ranking(rec_model, rec_tokenizer, examples, PromptBuilder("music"), show_progress=False,
+                              train_examples=train, output_dir=tmp_path)  # fmt: skip
+    path = tmp_path / "predictions.jsonl"
+    independent = baseline_metrics(train, examples)
+    for name, metrics in independent.items():
+        hits = read_hits(path, baseline=name)
+        assert len(hits) == len(examples) and sum(hits) / len(hits) == pytest.approx(metrics["hr@1"])
+        assert result["baselines"][name] == metrics
+    assert read_hits(path) == [int(row["rank"] == 1) for row in map(json.loads, path.read_text().splitlines())]
+    evaluate_ranking(rec_model, rec_tokenizer, examples, PromptBuilder("music"), show_progress=False,
+                     output_dir=tmp_path / "plain")  # fmt: skip
+    with pytest.raises(ValueError, match="no per-prompt ranks of the 'cooccurrence' baseline"):
+        read_hits(tmp_path / "plain" / "predictions.jsonl", baseline="cooccurrence")
+
+
 @pytest.mark.parametrize("conversational", [False, True])
 def test_generation_matches_unpadded_greedy(rec_model, rec_tokenizer, examples, tmp_path, conversational):
     builder = PromptBuilder("music", conversational=conversational)

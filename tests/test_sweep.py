@@ -103,9 +103,10 @@ def test_report_files(first_run):
     run = [r for r in rows if r["variant"] == "dynamicpo" and r["k"] == "2" and r["protocol"] == "ranking"][0]
     assert float(run["vs_sft"]) == pytest.approx(float(run["hr@1"]) - float(sft["hr@1"]))
     summary = (results / "summary.md").read_text()
-    for heading in ("Paired difference to the SFT model", "DynamicPO (or an ablation) - the plain objective",
-                    "Collapse check"):  # fmt: skip
+    for heading in ("The SFT model against each baseline", "Paired difference to the SFT model",
+                    "DynamicPO (or an ablation) - the plain objective", "Collapse check"):  # fmt: skip
         assert heading in summary
+    assert "| SFT - cooccurrence |" in summary
     assert "Paired difference" in done.stdout  # the command prints the summary
     for name in ("curves.csv", "hr1_vs_k_eval.png", "curves.png"):
         assert (results / name).stat().st_size > 0

@@ -123,24 +123,31 @@ def transition_baseline(
     return out
 
 
-def baseline_metrics(
-    train_examples: Sequence[RecExample],
-    eval_examples: Sequence[RecExample],
-    seed: int = 0,
-    ks: Sequence[int] = (1, 5),
-) -> dict[str, dict[str, float]]:
-    """Ranking metrics (HR@k, NDCG@k, MRR, n) of every baseline on `eval_examples`.
+def baseline_scores(
+    train_examples: Sequence[RecExample], eval_examples: Sequence[RecExample], seed: int = 0
+) -> dict[str, list[list[float]]]:
+    """Per-candidate scores of every baseline on `eval_examples`, keyed by name.
 
     Keys: `random`; `popularity`; `transition_last` (what directly followed the last history item);
     `transition` (what directly followed each of the last three history items, weights 1, 0.5, 0.25) and
     `cooccurrence` (the same weights, counting items up to 10 steps later).
     """
-    targets = [ex.target_index for ex in eval_examples]
-    scores = {
+    return {
         "random": random_baseline(eval_examples, seed),
         "popularity": popularity_baseline(train_examples, eval_examples, seed),
         "transition_last": transition_baseline(train_examples, eval_examples, (1.0,), seed),
         "transition": transition_baseline(train_examples, eval_examples, (1.0, 0.5, 0.25), seed),
         "cooccurrence": transition_baseline(train_examples, eval_examples, (1.0, 0.5, 0.25), seed, window=10),
     }
+
+
+def baseline_metrics(
+    train_examples: Sequence[RecExample],
+    eval_examples: Sequence[RecExample],
+    seed: int = 0,
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, dict[str, float]]:
+    """Ranking metrics (HR@k, NDCG@k, MRR, n) of every baseline of `baseline_scores` on `eval_examples`."""
+    targets = [ex.target_index for ex in eval_examples]
+    scores = baseline_scores(train_examples, eval_examples, seed)
     return {name: ranking_metrics(s, targets, ks) for name, s in scores.items()}

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .baselines import baseline_metrics
+from .baselines import baseline_scores
 from .candidates import leak_check
 from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
 from .prompts import PromptBuilder
@@ -98,16 +98,22 @@ def _multi_process_state():
 
 
 def _reference_numbers(
-    shard: _Shard, train_examples: Sequence[RecExample] | None, examples: Sequence[RecExample]
-) -> dict:
+    shard: _Shard, train_examples: Sequence[RecExample] | None, examples: Sequence[RecExample], ks: Sequence[int]
+) -> tuple[dict, dict[str, list[int]]]:
+    """(`baselines` metrics and `leak_check`, each baseline's per-prompt target rank), on the main process only."""
     if train_examples is None:
-        return {}
-    return shard.on_main_process(
-        lambda: {
-            "baselines": baseline_metrics(train_examples, examples),
+        return {}, {}
+
+    def compute():
+        targets = [ex.target_index for ex in examples]
+        scores = baseline_scores(train_examples, examples)
+        numbers = {
+            "baselines": {name: ranking_metrics(s, targets, ks) for name, s in scores.items()},
             "leak_check": leak_check(train_examples, examples),
         }
-    )
+        return numbers, {name: target_ranks(s, targets).tolist() for name, s in scores.items()}
+
+    return shard.on_main_process(compute)
 
 
 def _write_outputs(shard: _Shard, output_dir: str | os.PathLike | None, metrics: dict, predictions) -> None:
@@ -122,10 +128,19 @@ def _write_outputs(shard: _Shard, output_dir: str | os.PathLike | None, metrics:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_hits(path: str | os.PathLike, protocol: str = "ranking") -> list[int]:
-    """Per-prompt HR@1 hits (0/1) from an evaluation's `predictions.jsonl`, in prompt order (for paired tests)."""
+def read_hits(path: str | os.PathLike, protocol: str = "ranking", *, baseline: str | None = None) -> list[int]:
+    """Per-prompt HR@1 hits (0/1) from an evaluation's `predictions.jsonl`, in prompt order (for paired tests).
+
+    With `baseline` (e.g. `"cooccurrence"`), the hits of that baseline on the same prompts instead: a ranking
+    evaluation run with `train_examples` records each baseline's rank of the target.
+    """
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows.sort(key=lambda r: r["index"])
+    if baseline is not None:
+        if protocol != "ranking" or any(baseline not in r.get("baseline_ranks", {}) for r in rows):
+            raise ValueError(f"{path} has no per-prompt ranks of the {baseline!r} baseline (a ranking evaluation "
+                             "with train_examples / --baselines writes them)")  # fmt: skip
+        return [int(r["baseline_ranks"][baseline] == 1) for r in rows]
     if protocol == "ranking":
         return [int(r["rank"] == 1) for r in rows]
     return [int(bool(r["hit"])) for r in rows]
@@ -183,7 +198,8 @@ def evaluate_ranking(
         batch_size: prompts per forward pass.
         output_dir: where to write `metrics.json` and `predictions.jsonl` (target, candidates, scores, rank).
         show_progress: progress bar.
-        train_examples: when given, the result also holds `baselines` (`baseline_metrics`) and `leak_check`.
+        train_examples: when given, the result also holds `baselines` (`baseline_metrics`) and `leak_check`, and
+            each prediction row the baselines' ranks of its target (`baseline_ranks`).
         ks: cut-offs for HR@k and NDCG@k.
 
     Returns:
@@ -198,12 +214,13 @@ def evaluate_ranking(
     scores = shard.gather(scores)
     targets = [ex.target_index for ex in examples]
     metrics: dict[str, Any] = ranking_metrics(scores, targets, ks)
-    metrics.update(_reference_numbers(shard, train_examples, examples))
+    reference, baseline_ranks = _reference_numbers(shard, train_examples, examples, ks)
+    metrics.update(reference)
 
     def predictions():
         ranks = target_ranks(scores, targets).tolist()
         for i, ex in enumerate(examples):
-            yield {
+            row = {
                 "index": i,
                 "target": ex.target,
                 "target_index": targets[i],
@@ -212,6 +229,9 @@ def evaluate_ranking(
                 "rank": ranks[i],
                 "top": ex.candidates[max(range(len(scores[i])), key=scores[i].__getitem__)],
             }
+            if baseline_ranks:  # the baselines' ranks of the target, for paired model-vs-baseline tests
+                row["baseline_ranks"] = {name: r[i] for name, r in baseline_ranks.items()}
+            yield row
 
     _write_outputs(shard, output_dir, {"protocol": "ranking", **metrics}, predictions)
     return metrics
@@ -339,7 +359,7 @@ def evaluate_generation(
     )
     answers = shard.gather(answers)
     metrics: dict[str, Any] = generation_metrics(answers, examples)
-    metrics.update(_reference_numbers(shard, train_examples, examples))
+    metrics.update(_reference_numbers(shard, train_examples, examples, ks=(1, 5))[0])
 
     def predictions():
         for i, (ex, answer) in enumerate(zip(examples, answers)):

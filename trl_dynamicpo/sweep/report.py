@@ -133,7 +133,12 @@ def comparisons(
     """The paired comparisons of the summary, by section."""
     groups = seed_groups(results)
     base = _hits(reference, eval_set, protocol)
-    out: dict[str, list[tuple[str, PairedComparison]]] = {"vs_sft": [], "dynamicpo_vs_plain": [], "vs_smallest_k": []}
+    out: dict[str, list[tuple[str, PairedComparison]]] = {
+        "sft_vs_baselines": [], "vs_sft": [], "dynamicpo_vs_plain": [], "vs_smallest_k": []
+    }  # fmt: skip
+    baseline_hits = reference["eval"].get(eval_set, {}).get(protocol, {}).get("baseline_hits") or {}
+    if base is not None and protocol == "ranking":
+        out["sft_vs_baselines"] = [(f"SFT - {name}", paired_comparison(base, hits)) for name, hits in baseline_hits.items()]
     for (objective, variant, k), runs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         label = f"{VARIANTS[variant].display(objective)}, K={k} ({_seeds(runs)})"
         hits = seed_mean_hits(runs, eval_set, protocol)
@@ -202,6 +207,7 @@ def summary_markdown(
             lines += _hr_table(groups, eval_set, protocol)
             sections = comparisons(reference, results, eval_set, protocol)
             for key, heading in (
+                ("sft_vs_baselines", "The SFT model against each baseline (HR@1, SFT - baseline)"),
                 ("vs_sft", "Paired difference to the SFT model (HR@1, run - SFT)"),
                 ("dynamicpo_vs_plain", "DynamicPO (or an ablation) - the plain objective, same K and seeds"),
                 ("vs_smallest_k", "Collapse check: each K - the smallest K, same objective, variant and seeds"),

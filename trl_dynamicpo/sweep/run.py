@@ -137,6 +137,9 @@ def evaluate_model(plan: SweepPlan, model_path: str, out_dir: Path, *, baselines
             if protocol in metrics:
                 entry[protocol] = {k: v for k, v in metrics[protocol].items() if isinstance(v, (int, float))}
                 entry[protocol]["hits"] = read_hits(out_dir / name / protocol / "predictions.jsonl", protocol)
+        if baselines and "ranking" in entry:  # per-prompt hits of each baseline, for SFT-vs-baseline paired tests
+            path = out_dir / name / "ranking" / "predictions.jsonl"
+            entry["ranking"]["baseline_hits"] = {b: read_hits(path, baseline=b) for b in metrics.get("baselines", {})}
         for extra in ("baselines", "leak_check"):
             if extra in metrics:
                 entry[extra] = metrics[extra]
