@@ -155,7 +155,7 @@ def plot(results: dict[str, Any], out: Path) -> Path | None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, log, title in (
         (axes[0, 0], sft_log, "SFT loss (history items + answer, cross-entropy)"),
-        (axes[0, 1], dpo_log, "DynamicPO loss"),
+        (axes[0, 1], dpo_log, "DynamicPO loss (per logged batch of prompts)"),
     ):
         if log:
             ax.plot([r["step"] for r in log], [r["loss"] for r in log], marker="." if len(log) < 30 else None)
