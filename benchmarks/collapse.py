@@ -348,7 +348,9 @@ def main(argv=None) -> int:
     meta = {
         "preset": args.preset,
         "settings": dataclasses.asdict(preset),
-        "grid": {k: v for k, v in dataclasses.asdict(sweep_args).items() if k != "sweep_dir"},
+        # file names, not paths: the report is committed and read on other machines
+        "grid": {k: ([Path(f).name for f in v] if k == "eval_files" else v)
+                 for k, v in dataclasses.asdict(sweep_args).items() if k != "sweep_dir"},  # fmt: skip
         "data": data_info,
         "notice": notes[0] if data_dir is None else None,
         "model": base,
