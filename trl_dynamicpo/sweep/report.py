@@ -136,8 +136,9 @@ def comparisons(
     out: dict[str, list[tuple[str, PairedComparison]]] = {
         "sft_vs_baselines": [], "vs_sft": [], "dynamicpo_vs_plain": [], "vs_smallest_k": []
     }  # fmt: skip
+    # per-prompt baseline hits are recorded for the ranking protocol only (`evaluate_model(..., baselines=True)`)
     baseline_hits = reference["eval"].get(eval_set, {}).get(protocol, {}).get("baseline_hits") or {}
-    if base is not None and protocol == "ranking":
+    if base is not None:
         out["sft_vs_baselines"] = [(f"SFT - {name}", paired_comparison(base, hits)) for name, hits in baseline_hits.items()]
     for (objective, variant, k), runs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         label = f"{VARIANTS[variant].display(objective)}, K={k} ({_seeds(runs)})"
