@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -42,25 +43,30 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "History: {history}.\nCandidates: {candidates}."
-SEPARATOR = ","
 
 
 @dataclasses.dataclass
 class Preset:
     """A sweep at one scale. Model and data settings go into the recipe, the grid into `trl-dynamicpo sweep`."""
 
-    # model (build_recommender_lm)
+    # model (build_recommender_lm): every item one token ("whole") or sub-word pieces shared between names
     hidden_size: int = 128
     num_layers: int = 2
     tokenizer_vocab: int = 400
-    # SFT: history items + answer, on every training prompt
+    item_tokens: str = "whole"
+    separator: str = ","  # with sub-word names ", ": a name in the prompt is spelled as in the answer
+    # SFT on every training prompt, one sweep per loss: "history" (history items + answer) and/or "answer" (the
+    # answer only, as the papers train)
+    sft_losses: tuple[str, ...] = ("history",)
     sft_epochs: float = 1.1
     sft_max_steps: int = -1
     sft_batch: int = 32
     sft_lr: float = 3e-3
-    # preference optimisation from the SFT model, on a seeded subset of the same prompts
+    # preference optimisation from the SFT model, on a seeded subset of the same prompts: `po_epochs` over them
+    # when set, else `po_steps` steps
     po_prompts: int | None = 2048
     po_steps: int = 128
+    po_epochs: float | None = None
     po_batch: int = 16
     po_lr: float = 3e-4
     po_scheduler: str = "constant_with_warmup"
@@ -96,7 +102,26 @@ PRESETS: dict[str, Preset] = {
     # are spent where the comparisons need them: `--name collapse`); the whole validation file and the held-out
     # users, both protocols.
     "full": Preset(ablation_ks=(15, 19)),
+    # Sub-word item names (a BPE of 3,000 tokens over the template words and the catalogue: 4.6 tokens per artist,
+    # every name sharing a token with another), so that pushing negatives down can push the answer's shared tokens
+    # down too. The papers' regime: preference training for 3 epochs over its prompts, K up to 19, DMPO and S-DPO.
+    "subword-smoke": Preset(
+        hidden_size=32, num_layers=1, tokenizer_vocab=300, item_tokens="subword", separator=", ",
+        sft_losses=("answer",), sft_max_steps=8, sft_batch=16, po_prompts=32, po_epochs=1.0, po_batch=8,
+        eval_prompts=24, max_new_tokens=8, curve_prompts=8, curve_every=1, ks=(1, 3), objectives=("dmpo",),
+        holdout_users=0, sample_ok=True,
+    ),
+    "subword-quick": Preset(
+        tokenizer_vocab=3000, item_tokens="subword", separator=", ", sft_losses=("answer",), sft_epochs=0.35,
+        po_prompts=512, po_epochs=3.0, eval_prompts=500, ks=(1, 19), objectives=("dmpo",),
+    ),
+    "subword-full": Preset(
+        tokenizer_vocab=3000, item_tokens="subword", separator=", ", sft_losses=("answer", "history"),
+        po_prompts=1024, po_epochs=3.0, ks=(1, 3, 7, 15, 19), objectives=("dmpo", "sdpo"), extra_seeds=(1, 2),
+        extra_seed_ks=(1, 19),
+    ),
 }  # fmt: skip
+SFT_LOSSES = {"history": "history items and answer", "answer": "the answer only"}
 
 
 def log(message: str) -> None:
@@ -168,7 +193,8 @@ def prepare_data(
 
 # ----------------------------------------------------------------------------------------------- model and recipe
 def build_base(files: dict[str, str], preset: Preset, folder: Path) -> dict[str, Any]:
-    """The untrained recommender LM (every item one token), saved to `folder`; returns its description."""
+    """The untrained recommender LM (items as whole tokens or sub-word pieces), saved to `folder`; returns its
+    description."""
     from trl_dynamicpo.recsys import PromptBuilder, read_catalogue, read_examples
     from trl_dynamicpo.tiny import build_recommender_lm
 
@@ -178,31 +204,38 @@ def build_base(files: dict[str, str], preset: Preset, folder: Path) -> dict[str,
     catalogue = read_catalogue(files["items_file"])
     train = read_examples(files["train_file"], catalogue=catalogue)
     evaluation = read_examples(files["eval_file"], catalogue=catalogue)
-    builder = PromptBuilder(template=TEMPLATE, separator=SEPARATOR)
-    texts = [builder.build(ex, i) + builder.completion(ex.target) for i, ex in enumerate(train[:2000])]
-    # Names outside the catalogue (the validation file's spelling quirks) become tokens too.
+    from trl_dynamicpo.tiny import item_token_stats
+
+    builder = PromptBuilder(template=TEMPLATE, separator=preset.separator)
+    if preset.item_tokens == "subword":  # the BPE learns the template words and every name once
+        texts = [TEMPLATE.format(history="", candidates="")]
+    else:
+        texts = [builder.build(ex, i) + builder.completion(ex.target) for i, ex in enumerate(train[:2000])]
+    # Names outside the catalogue (the validation file's spelling quirks) are items too.
     names = sorted(set(catalogue) | {n for ex in (*train, *evaluation) for n in (*ex.history, *ex.candidates)})
     model, tokenizer = build_recommender_lm(
-        texts, names, vocab_size=preset.tokenizer_vocab, hidden_size=preset.hidden_size, num_layers=preset.num_layers,
-        max_position_embeddings=512, seed=0,
+        texts, names, item_tokens=preset.item_tokens, vocab_size=preset.tokenizer_vocab,
+        hidden_size=preset.hidden_size, num_layers=preset.num_layers, max_position_embeddings=1024, seed=0,
+        output_dir=folder,
     )  # fmt: skip
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     info = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
-            "hidden_size": preset.hidden_size, "num_layers": preset.num_layers}  # fmt: skip
+            "hidden_size": preset.hidden_size, "num_layers": preset.num_layers, "item_tokens": preset.item_tokens,
+            "item_spelling": item_token_stats(tokenizer, names).as_dict()}  # fmt: skip
     info_file.write_text(json.dumps(info) + "\n")
     return info
 
 
-def recipe(files: dict[str, str], preset: Preset, root: Path) -> dict[str, Any]:
+def recipe(files: dict[str, str], preset: Preset, root: Path, sft_loss: str = "history") -> dict[str, Any]:
     """The CLI recipe of the preset: shared data keys, then the sft, train and eval sections."""
+    po_length = ({"num_train_epochs": preset.po_epochs, "max_steps": -1} if preset.po_epochs is not None
+                 else {"max_steps": preset.po_steps})  # fmt: skip
     return {
         **files,
         "dataset_name": "lastfm",
         "candidates": "public",  # the files are written leak-free (or deliberately keep the papers' lists)
         "template": TEMPLATE,
-        "separator": SEPARATOR,
-        "history_loss": True,
+        "separator": preset.separator,
+        "history_loss": sft_loss == "history",
         "max_eval_samples": preset.eval_prompts,
         "bf16": False,
         "gradient_checkpointing": False,
@@ -213,7 +246,7 @@ def recipe(files: dict[str, str], preset: Preset, root: Path) -> dict[str, Any]:
         "weight_decay": 0.0,
         "sft": {
             "model_name_or_path": str(root / "base"),
-            "output_dir": str(root / "sft"),
+            "output_dir": str(root / f"sft-{sft_loss}"),
             "num_train_epochs": preset.sft_epochs,
             "max_steps": preset.sft_max_steps,
             "per_device_train_batch_size": preset.sft_batch,
@@ -225,22 +258,29 @@ def recipe(files: dict[str, str], preset: Preset, root: Path) -> dict[str, Any]:
             "seed": 0,
         },
         "train": {
-            "model_name_or_path": str(root / "sft"),
+            "model_name_or_path": str(root / f"sft-{sft_loss}"),
             "max_train_samples": preset.po_prompts,
-            "max_steps": preset.po_steps,
+            **po_length,
             "per_device_train_batch_size": preset.po_batch,
             "learning_rate": preset.po_lr,
             "lr_scheduler_type": preset.po_scheduler,
             "warmup_steps": 0.05,
             "beta": preset.beta,
             "max_grad_norm": 1.0,
-            "logging_steps": max(1, preset.po_steps // 16),
+            "logging_steps": max(1, po_steps(preset) // 16),
             "rank_eval_samples": preset.curve_prompts,
             "rank_eval_steps": preset.curve_every,
             "per_device_eval_batch_size": 64,
         },
         "eval": {"protocol": "both", "batch_size": 64, "max_new_tokens": preset.max_new_tokens, "show_progress": False},
     }
+
+
+def po_steps(preset: Preset) -> int:
+    """Optimiser steps of one preference run."""
+    if preset.po_epochs is None:
+        return preset.po_steps
+    return max(1, math.ceil(preset.po_epochs * (preset.po_prompts or 0) / preset.po_batch))
 
 
 def sweep_arguments(preset: Preset, sweep_dir: Path, args, heldout: str | None = None):
@@ -289,6 +329,9 @@ def parse_args(argv=None):
     parser.add_argument("--objectives", nargs="+", default=None, help="Override the preset's objectives.")
     parser.add_argument("--variants", nargs="+", default=None, help="Override the preset's variants.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Override the preset's seeds.")
+    parser.add_argument("--sft-loss", nargs="+", choices=sorted(SFT_LOSSES), default=None,
+                        help="Override the preset's SFT losses: 'history' (history items + answer) and/or 'answer' "
+                        "(the answer only, as the papers); one sweep each.")  # fmt: skip
     parser.add_argument("--train-args", default="", help="Extra `train` flags for every run, one string.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--fresh", action="store_true", help="Delete the preset's SFT model and this sweep's runs.")
@@ -301,7 +344,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
 
-    from trl_dynamicpo.cli.sweep import run_sweep
     from trl_dynamicpo.recsys import DATA_ENV, find_data_dir
 
     if args.threads:
@@ -318,53 +360,79 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir)
     start = time.time()
     files, heldout, data_info = prepare_data(data_dir, args.candidates, preset.holdout_users, cache)
-    # The base and SFT models depend on the preset and the data only; each sweep name has its own runs.
+    # The base model depends on the preset and the data only, the SFT model also on its loss; each sweep name has
+    # its own runs.
     root = cache / f"{args.preset}-{Path(files['train_file']).parent.name}"
-    sweep_dir = root / "sweeps" / (args.name or args.preset)
-    if args.fresh:
-        for folder in (root / "sft", sweep_dir):
-            shutil.rmtree(folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     base = build_base(files, preset, root / "base")
-    recipe_path = sweep_dir / "recipe.yaml"  # per sweep: sweeps of one preset may run at the same time
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sft_losses = args.sft_loss or list(preset.sft_losses)
+    for sft_loss in sft_losses:
+        name = args.name or args.preset
+        if len(sft_losses) > 1:  # one sweep (and one report) per SFT loss
+            name = f"{name}-{sft_loss}"
+        run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name, list(notes), start)
+    log(f"Done in {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+def run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name, notes, start) -> None:
+    """The sweep of one SFT loss: its recipe, `trl-dynamicpo sweep`, and the report copied to the results folder."""
+    import torch
     import yaml
 
-    recipe_path.write_text(yaml.safe_dump(recipe(files, preset, root), sort_keys=False), encoding="utf-8")
-    log(f"Preset {args.preset}: {base['parameters'] / 1e6:.2f}M-parameter model, recipe {recipe_path}")
+    from trl_dynamicpo.cli.sweep import run_sweep
+
+    sft_dir = root / f"sft-{sft_loss}"
+    sweep_dir = root / "sweeps" / name
+    if args.fresh:
+        for folder in (sft_dir, sweep_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+    recipe_path = sweep_dir / "recipe.yaml"  # per sweep: sweeps of one preset may run at the same time
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path.write_text(yaml.safe_dump(recipe(files, preset, root, sft_loss), sort_keys=False), encoding="utf-8")
+    log(f"Preset {args.preset}, SFT on {SFT_LOSSES[sft_loss]}: {base['parameters'] / 1e6:.2f}M-parameter model, "
+        f"recipe {recipe_path}")  # fmt: skip
     sweep_args = sweep_arguments(preset, sweep_dir, args, heldout)
+    spelling = "every artist one token"
+    if base.get("item_tokens") == "subword":
+        stats = base["item_spelling"]
+        spelling = (f"sub-word artist names: {stats['mean_tokens']:.2f} tokens per name, "
+                    f"{100 * stats['share_sharing_token']:.0f}% share a token with another name, "
+                    f"{100 * stats['share_sharing_first_token']:.0f}% their first token")  # fmt: skip
+    length = f"{preset.po_epochs:g} epochs ({po_steps(preset)} steps)" if preset.po_epochs else f"{preset.po_steps} steps"
     notes += [
         f"Model: {base['parameters'] / 1e6:.2f}M-parameter Llama-shaped model (hidden {base['hidden_size']}, "
-        f"{base['num_layers']} layers, vocabulary {base['vocab']}, every artist one token).",
-        f"SFT: loss on history items and answer, {preset.sft_epochs} epochs over all training prompts; preference "
-        f"runs: {preset.po_steps} steps x {preset.po_batch} prompts from the SFT model, lr {preset.po_lr} "
+        f"{base['num_layers']} layers, vocabulary {base['vocab']}, {spelling}).",
+        f"SFT: loss on {SFT_LOSSES[sft_loss]}, {preset.sft_epochs} epochs over all training prompts; preference "
+        f"runs: {length} x {preset.po_batch} prompts from the SFT model, lr {preset.po_lr} "
         f"({preset.po_scheduler}), beta {preset.beta}, on {preset.po_prompts or 'all'} of the SFT prompts.",
     ]
     if args.train_args:
         notes.append(f"Every run adds: `{args.train_args}`.")
     out = run_sweep(sweep_args, str(recipe_path), notes)
-    elapsed = time.time() - start
-    sft_info = root / "sft" / "sweep_sft.json"
+    sft_info = sft_dir / "sweep_sft.json"
     meta = {
         "preset": args.preset,
+        "sft_loss": sft_loss,
         "settings": dataclasses.asdict(preset),
         # file names, not paths: the report is committed and read on other machines
         "grid": {k: ([Path(f).name for f in v] if k == "eval_files" else v)
                  for k, v in dataclasses.asdict(sweep_args).items() if k != "sweep_dir"},  # fmt: skip
         "data": data_info,
-        "notice": notes[0] if data_dir is None else None,
+        "notice": notes[0] if data_info["source"] == "bundled sample" else None,
         "model": base,
         "sft_train_time_s": json.loads(sft_info.read_text())["train_time_s"] if sft_info.exists() else None,
-        "wall_time_s": elapsed,
+        "wall_time_s": time.time() - start,  # whole process so far: data, base model, and every sweep before
         "threads": torch.get_num_threads(),
     }
-    results_dir = Path(args.results_dir or REPO / "benchmarks" / "results" / f"collapse_{args.name or args.preset}")
+    results_dir = Path(args.results_dir or REPO / "benchmarks" / "results" / f"collapse_{name}")
+    if args.results_dir and name != (args.name or args.preset):
+        results_dir = results_dir / name
     results_dir.mkdir(parents=True, exist_ok=True)
     for path in out["files"].values():
         shutil.copy2(path, results_dir / Path(path).name)
     (results_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    log(f"Done in {elapsed / 60:.1f} min; report in {results_dir}")
-    return 0
+    log(f"Sweep {name} done at {(time.time() - start) / 60:.1f} min; report in {results_dir}")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,65 @@ def test_reductions_over_a_logging_period(tokenizer, make_model, make_config):
     for key in ("rewards/chosen", "entropy", "logits/rejected", "dynamicpo/beta_mean"):
         assert logged[key] == pytest.approx((steps[0][key] + steps[1][key]) / 2), key
     assert logged["num_tokens"] == pytest.approx(steps[1]["num_tokens"]) and steps[1]["num_tokens"] > steps[0]["num_tokens"]
+
+
+def test_answer_token_overlap_against_sets():
+    """The collator's shared-token tables and the logged share, against a set computation per example."""
+    from trl_dynamicpo.packing import DataCollatorForMultiNegative
+    from trl_dynamicpo.trainer import _answer_token_overlap
+
+    eos = 2
+    examples = [
+        {"prompt_ids": [10, 11], "chosen_ids": [5, 6, 7, eos], "rejected_ids": [[5, 9, eos], [7, 6, eos], [8, eos]]},
+        {"prompt_ids": [10, 12, 13], "chosen_ids": [8, eos], "rejected_ids": [[9, eos]]},
+        {"prompt_ids": [14], "chosen_ids": [4, 4, 3, eos], "rejected_ids": [[3, eos], [4, eos]]},
+    ]
+    collator = DataCollatorForMultiNegative(pad_token_id=0, overlap_ignore_ids=(eos,))
+    batch = collator(examples)
+    selected = torch.tensor([[True, False, True], [True, False, False], [False, True, False]])
+    found, total = _answer_token_overlap(selected, batch)
+    for b, ex in enumerate(examples):
+        answer = [t for t in ex["chosen_ids"] if t != eos]
+        in_selected = set().union(*(set(r) for j, r in enumerate(ex["rejected_ids"]) if selected[b, j]))
+        assert total[b] == len(answer)
+        assert found[b] == sum(t in in_selected for t in answer), b
+    # EOS is left out: an answer of EOS alone counts no token.
+    assert DataCollatorForMultiNegative(pad_token_id=0, overlap_ignore_ids=(eos,))(
+        [{"prompt_ids": [1], "chosen_ids": [eos], "rejected_ids": [[eos]]}]
+    )["answer_token_mask"].sum() == 0
+
+
+def test_collapse_diagnostics_logged(tokenizer, make_model, make_config):
+    """`chosen_logp_shift` is log pi(y+) - log pi_ref(y+) of the step's examples; `answer_token_overlap` the share of
+    answer tokens found in the negatives of the loss; reference-free runs log no shift."""
+    from trl_dynamicpo.packing import completion_logps
+
+    trainer = DynamicPOTrainer(
+        model=make_model(), ref_model=make_model(seed=3), args=make_config(boundary_selection=False),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )  # fmt: skip
+    rows = [trainer.train_dataset[i] for i in range(6)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    trainer.model.train()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+        policy = completion_logps(trainer.model, batch)[:, 0]
+        reference = completion_logps(trainer.ref_model, batch)[:, 0]
+    step = trainer._step_metrics["train"][-1]
+    assert float(step["dynamicpo/chosen_logp_shift"]) == pytest.approx(float((policy - reference).mean()), abs=1e-5)
+    eos = tokenizer.eos_token_id
+    found = total = 0
+    for row in rows:  # selection off: every negative is in the loss
+        answer = [t for t in row["chosen_ids"] if t != eos]
+        negatives = set().union(*map(set, row["rejected_ids"]))
+        found, total = found + sum(t in negatives for t in answer), total + len(answer)
+    assert float(step["dynamicpo/answer_token_overlap"]) == pytest.approx(found / total)
+
+    free = DynamicPOTrainer(
+        model=make_model(), args=make_config(multi_negative_loss="mppo"),
+        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
+    )  # fmt: skip
+    free.model.train()
+    with torch.no_grad():
+        free.compute_loss(free.model, free._prepare_inputs(free.data_collator(rows)))
+    assert "dynamicpo/chosen_logp_shift" not in free._step_metrics["train"][-1]

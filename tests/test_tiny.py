@@ -1,5 +1,8 @@
-"""The offline recommender LM: every item one token, matched as a whole name only; the model builder."""
+"""The offline recommender LM: every item one token, matched as a whole name only, or sub-word names shared between
+items; the item-spelling statistics; the model builder."""
 
+import json
+import os
 import re
 
 import pytest
@@ -82,3 +85,76 @@ def test_non_ascii_item_names_decode_exactly(texts):
     for name in ("Björk", "Sigur Rós", "宇多田ヒカル"):
         ids = tokenizer(" " + name)["input_ids"]
         assert len(ids) == 2 and tokenizer.decode(ids) == " " + name
+
+
+def _reference_spelling_stats(tokenizer, names):
+    """The three numbers by brute force: every pair of names compared."""
+    spellings = [tokenizer.tokenize(" " + name) for name in names]
+    common = 0
+    while all(len(s) > common + 1 and s[common] == spellings[0][common] for s in spellings):
+        common += 1
+    spellings = [s[common:] for s in spellings]
+    shares = [any(set(s) & set(o) for j, o in enumerate(spellings) if j != i) for i, s in enumerate(spellings)]
+    first = [any(s[0] == o[0] for j, o in enumerate(spellings) if j != i) for i, s in enumerate(spellings)]
+    return sum(map(len, spellings)) / len(names), sum(shares) / len(names), sum(first) / len(names)
+
+
+def test_subword_items_span_and_share_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from trl_dynamicpo.tiny import ITEM_TOKEN_STATS_FILE, item_token_stats
+
+    names = sample_catalogue()[:400]
+    template = [SWEEP_TEMPLATE.format(history="", candidates="")]
+    model, tokenizer = build_recommender_lm(template, names, item_tokens="subword", vocab_size=600, hidden_size=32,
+                                            num_layers=1, output_dir=tmp_path)  # fmt: skip
+    assert model.config.vocab_size == len(tokenizer) <= 600  # a plain BPE: no item tokens added
+    stats = item_token_stats(tokenizer, names)
+    assert (stats.mean_tokens, stats.share_sharing_token, stats.share_sharing_first_token) == pytest.approx(
+        _reference_spelling_stats(tokenizer, names)
+    )
+    assert stats.mean_tokens > 2 and stats.share_sharing_token > 0.9  # names span tokens and share them
+    assert json.loads((tmp_path / ITEM_TOKEN_STATS_FILE).read_text())["mean_tokens"] == pytest.approx(stats.mean_tokens)
+    # Reloading gives exactly the same tokenizer (the CLI reloads it by path).
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    builder = PromptBuilder(template=SWEEP_TEMPLATE, separator=", ")
+    for i, ex in enumerate(load_sample("train")[:30]):
+        text = builder.build(ex, i) + builder.completion(ex.target)
+        assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    for name in names:
+        assert reloaded(" " + name)["input_ids"] == tokenizer(" " + name)["input_ids"]
+    # The whole-item tokenizer: one token per name (after the space marker every name shares), nothing shared.
+    _, whole = build_recommender_lm(template, names, vocab_size=300, hidden_size=32, num_layers=1)
+    assert item_token_stats(whole, names).as_dict() == {
+        "items": len(names), "mean_tokens": 1.0, "share_sharing_token": 0.0, "share_sharing_first_token": 0.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="item_tokens"):
+        build_recommender_lm(template, names, item_tokens="bytes")
+
+
+def test_item_token_ids_do_not_depend_on_the_order_of_the_names(texts):
+    """Equal-length names get their ids in name order, so a tokenizer (and a model's init) is reproducible."""
+    names = sample_catalogue()[:300]
+    first = build_tokenizer(texts, vocab_size=300, items=names)
+    second = build_tokenizer(texts, vocab_size=300, items=list(reversed(names)))
+    assert first.get_vocab() == second.get_vocab()
+
+
+@pytest.mark.slow
+def test_tokenizer_is_the_same_in_every_process(tmp_path):
+    """Python's hash randomisation changes set order between processes; the tokenizer must not change with it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, json; from trl_dynamicpo.recsys import sample_catalogue; "
+        "from trl_dynamicpo.tiny import build_tokenizer; "
+        "tok = build_tokenizer(['History: Muse, Air.'] * 20, vocab_size=300, items=sample_catalogue()); "
+        "print(hashlib.sha1(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(digests) == 1

@@ -298,7 +298,8 @@ def multi_negative_loss(
             (`betas` also zero outside the selected set); `chosen_rewards`, `reward_accuracy`,
             `boundary_grad_share` (B,): share of |dL/dp_j| summed over the selected negatives that reaches the
             boundary ones (1 with selection on; computed without the common per-example factor, so it stays
-            defined when the loss saturates).
+            defined when the loss saturates); with a reference, `chosen_logratio` (B,) = log pi(y+|x) -
+            log pi_ref(y+|x).
     """
     if loss_type not in OBJECTIVES:
         raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
@@ -348,6 +349,9 @@ def multi_negative_loss(
 
     with torch.no_grad():
         chosen_rewards = beta * chosen_scores.detach()
+        # log pi(y+|x) - log pi_ref(y+|x): below zero, the answer's likelihood has fallen since the start (the
+        # reference), the likelihood displacement that many negatives can cause.
+        chosen_logratio = chosen_scores.detach() if uses_reference else None
         rejected_rewards = torch.where(valid, beta * rejected_scores.detach(), 0.0)
         beaten = (chosen_rewards[:, None] > rejected_rewards) | ~valid
         grads = torch.where(selected, weights.detach(), 0.0)
@@ -367,4 +371,6 @@ def multi_negative_loss(
             "reward_accuracy": beaten.all(dim=1).to(compute_dtype),
             "boundary_grad_share": share,
         }
+        if chosen_logratio is not None:
+            stats["chosen_logratio"] = chosen_logratio
     return losses, stats

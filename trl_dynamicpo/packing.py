@@ -68,11 +68,16 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
     Returns a dict with `input_ids`, `position_ids`, `shift_labels`, `completion_slot` (rows x length),
     `rejected_mask` (B, K_max) bool, and either `segment_ids` (packed: 0 prompt, c + 1 completion block c, -1
     padding; the 4-D mask is built on the device by `block_attention_mask`) or `attention_mask` (naive, 2-D).
+    For the shared-token diagnostic it also returns `answer_token_mask` (B, C_max) bool, the chosen completion's
+    tokens other than `overlap_ignore_ids`, and `answer_token_in_negative` (B, K_max, C_max) bool, whether chosen
+    token t of an example occurs anywhere in its negative j.
     """
 
     pad_token_id: int
     shared_prefix: bool = True
     pad_to_multiple_of: int | None = None
+    # Tokens left out of the shared-token diagnostic: the EOS every completion ends with says nothing about the item.
+    overlap_ignore_ids: tuple[int, ...] = ()
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +120,7 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
                 [[j < len(ex["rejected_ids"]) for j in range(k_max)] for ex in examples], dtype=torch.bool
             ).reshape(len(examples), k_max),
         }
+        batch.update(self._answer_tokens_in_negatives(examples, k_max))
         if self.shared_prefix:
             batch["segment_ids"] = _pad(segments, -1, multiple)
         else:
@@ -126,6 +132,19 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
                 dtype=torch.float32,
             ).reshape(len(examples), k_max)
         return batch
+
+    def _answer_tokens_in_negatives(self, examples: list[dict[str, Any]], k_max: int) -> dict[str, torch.Tensor]:
+        ignore = set(self.overlap_ignore_ids)
+        answers = [[t for t in ex["chosen_ids"] if t not in ignore] for ex in examples]
+        width = max(1, max(map(len, answers)))
+        mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        shared = torch.zeros(len(examples), k_max, width, dtype=torch.bool)
+        for b, (ex, answer) in enumerate(zip(examples, answers)):
+            mask[b, : len(answer)] = True
+            for j, negative in enumerate(ex["rejected_ids"]):
+                tokens = set(negative)
+                shared[b, j, : len(answer)] = torch.tensor([t in tokens for t in answer], dtype=torch.bool)
+        return {"answer_token_mask": mask, "answer_token_in_negative": shared}
 
 
 def block_attention_mask(

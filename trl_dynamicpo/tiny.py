@@ -6,14 +6,25 @@ config with random weights. Real checkpoints belong in recipes, not here.
 
 from __future__ import annotations
 
+import json
+import logging
 import string
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
 
+logger = logging.getLogger(__name__)
+
 _SPACE = "\u2581"  # "▁"
+# How `build_recommender_lm` spells an item: one whole-word token per item, or sub-word pieces of a BPE trained on
+# the template words and the catalogue (several tokens per name, shared between names, as in an LLM's vocabulary).
+ITEM_TOKENIZATIONS = ("whole", "subword")
+ITEM_TOKEN_STATS_FILE = "item_tokens.json"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 # A minimal ChatML-like template so that conversational datasets work with the offline tokenizer.
@@ -62,11 +73,65 @@ def build_tokenizer(
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     if items is not None:
-        names = sorted({name for name in items if name}, key=len, reverse=True)
+        # Longest first, ties by name: the token ids (hence the model's random init of each item) must not depend on
+        # set order, which Python's hash randomisation changes from process to process.
+        names = sorted({name for name in items if name}, key=lambda name: (-len(name), name))
         fast.add_tokens([AddedToken(name, single_word=True, normalized=False) for name in names])
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
+
+
+@dataclass(frozen=True)
+class ItemTokenStats:
+    """How a tokenizer spells the item names, as completions (`" " + name`, no EOS).
+
+    Leading tokens that every name's spelling starts with (a bare space marker `▁` before whole-word item tokens)
+    are left out: they are the same token in the same context for every completion of a prompt, so they cancel in
+    every comparison of two completions.
+
+    Attributes:
+        items: distinct names measured.
+        mean_tokens: mean number of tokens per name.
+        share_sharing_token: share of names with at least one token that another name's spelling also contains.
+        share_sharing_first_token: share of names whose first token is the first token of another name (pushing
+            that name's likelihood down at the first position pushes this one's down too).
+    """
+
+    items: int
+    mean_tokens: float
+    share_sharing_token: float
+    share_sharing_first_token: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (
+            f"{self.mean_tokens:.2f} tokens per item name; {100 * self.share_sharing_token:.1f}% of the {self.items} "
+            f"names share a token with another name, {100 * self.share_sharing_first_token:.1f}% their first token"
+        )
+
+
+def item_token_stats(tokenizer, items: Iterable[str]) -> ItemTokenStats:
+    """Measure how `tokenizer` spells `items` as completions (see `ItemTokenStats`)."""
+    names = sorted({name for name in items if name})
+    if not names:
+        raise ValueError("item_token_stats needs at least one item name.")
+    spellings = [tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in names]
+    common = 0  # length of the prefix every spelling shares
+    while all(len(ids) > common + 1 and ids[common] == spellings[0][common] for ids in spellings):
+        common += 1
+    spellings = [ids[common:] for ids in spellings]
+    # How many names contain each token / start with it.
+    containing = Counter(token for ids in spellings for token in set(ids))
+    starting = Counter(ids[0] for ids in spellings if ids)
+    return ItemTokenStats(
+        items=len(names),
+        mean_tokens=sum(map(len, spellings)) / len(names),
+        share_sharing_token=sum(any(containing[t] > 1 for t in set(ids)) for ids in spellings) / len(names),
+        share_sharing_first_token=sum(bool(ids) and starting[ids[0]] > 1 for ids in spellings) / len(names),
+    )
 
 
 def build_tiny_model(
@@ -126,6 +191,7 @@ def build_recommender_lm(
     texts: Iterable[str],
     items: Iterable[str] | None = None,
     *,
+    item_tokens: str = "whole",
     vocab_size: int = 1000,
     hidden_size: int = 128,
     num_layers: int = 2,
@@ -140,13 +206,27 @@ def build_recommender_lm(
     output_dir=None,
     **model_kwargs,
 ):
-    """A tokenizer in which every item is one token and a small random causal LM for it: the package's one recipe
-    for an offline recommender LM (quickstart, sweep presets, examples, benchmarks, tests).
+    """A tokenizer for a catalogue and a small random causal LM for it: the package's one recipe for an offline
+    recommender LM (quickstart, sweep presets, examples, benchmarks, tests).
+
+    Two spellings of the items (`item_tokens`):
+
+    * `"whole"`: every item is one whole-word token added to a BPE trained on `texts`, so no two completions share
+      a token (fast, and the answer is a single choice);
+    * `"subword"`: a BPE of `vocab_size` trained on `texts` and every catalogue name, with no item tokens, so names
+      span several tokens and share them (`" Radiohead"` -> `▁Rad io head`), as in an LLM's vocabulary. Pushing a
+      negative down then also pushes down the answer's tokens it shares (likelihood displacement).
+
+    The item spelling is measured (`item_token_stats`: mean tokens per name, share of names sharing a token, share
+    sharing their first token), logged, and with `output_dir` written to `item_tokens.json`.
 
     Args:
-        texts: the corpus the BPE part of the tokenizer is trained on (rendered prompts and answers).
-        items: item names added as whole-word tokens (`build_tokenizer`); None for a plain BPE tokenizer.
-        vocab_size: BPE vocabulary size, before the item tokens.
+        texts: the corpus the BPE is trained on (rendered prompts and answers; for `"subword"`, the template words
+            are enough, since every catalogue name is added to the corpus once).
+        items: the item catalogue: added as whole-word tokens (`"whole"`, `build_tokenizer`) or added to the BPE
+            corpus (`"subword"`); None for a plain BPE tokenizer of `texts`.
+        item_tokens: `"whole"` (default) or `"subword"`, see above.
+        vocab_size: BPE vocabulary size (before the item tokens, with `"whole"`).
         hidden_size, num_layers, num_heads, num_kv_heads: model shape (`num_kv_heads` defaults to half the heads
             when the head dimension allows it).
         tie_embeddings: share input and output embeddings (default here: a small model then learns to name the
@@ -164,7 +244,18 @@ def build_recommender_lm(
     Returns:
         (model, tokenizer).
     """
-    tokenizer = build_tokenizer(list(texts), vocab_size=vocab_size, items=items)
+    if item_tokens not in ITEM_TOKENIZATIONS:
+        raise ValueError(f"item_tokens={item_tokens!r}; choose one of {ITEM_TOKENIZATIONS}.")
+    items = None if items is None else list(items)
+    if item_tokens == "subword":
+        if not items:
+            raise ValueError('item_tokens="subword" needs the item catalogue (`items`): the BPE is trained on it.')
+        tokenizer = build_tokenizer([*texts, *items], vocab_size=vocab_size)
+    else:
+        tokenizer = build_tokenizer(list(texts), vocab_size=vocab_size, items=items)
+    stats = item_token_stats(tokenizer, items) if items else None
+    if stats is not None:
+        logger.info("Item spelling (%s): %s", item_tokens, stats.describe())
     if num_kv_heads is None:
         num_kv_heads = num_heads // 2 if num_heads % 2 == 0 and hidden_size % 8 == 0 else num_heads
     model = build_tiny_model(
@@ -184,4 +275,7 @@ def build_recommender_lm(
     if output_dir is not None:
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+        if stats is not None:
+            record = {"item_tokens": item_tokens, **stats.as_dict()}
+            Path(output_dir, ITEM_TOKEN_STATS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return model, tokenizer

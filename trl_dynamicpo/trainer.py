@@ -44,9 +44,20 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def _answer_token_overlap(selected: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(answer tokens found in a selected negative, answer tokens) per example, from the collator's
+    `answer_token_in_negative` (B, K, C) and `answer_token_mask` (B, C); None for a collator without them."""
+    if "answer_token_in_negative" not in batch:
+        return None
+    mask = batch["answer_token_mask"]
+    found = (batch["answer_token_in_negative"] & selected[:, :, None]).any(dim=1) & mask
+    return found.sum(dim=1), mask.sum(dim=1)
+
+
 # Every logged metric once: (key, value, reduction). The value is read from the step's `CompletionOutput` `o`, the
-# loss statistics `s` and the valid-negative mask `v`, per example. Reductions, over the examples of a step (gathered
-# across processes) and then over the steps of a logging period:
+# loss statistics `s` and the collated batch `b` (`b["rejected_mask"]`: the valid negatives), per example; None
+# where the run has no such value (`dynamicpo/chosen_logp_shift` without a reference). Reductions, over the
+# examples of a step (gathered across processes) and then over the steps of a logging period:
 #   "mean": means of both; "min" / "max": extremes of both;
 #   "tokens": a (numerator, denominator) pair, the ratio of their sums within a step (token-weighted, as TRL's
 #       `entropy`, `logits/*` and `mean_token_accuracy`), then the mean over the steps;
@@ -54,33 +65,41 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 #       sequences, so packed and naive rows report the same number).
 # Keys shared with `trl.DPOTrainer` come first, with its definitions (equal to its values at K = 1).
 METRICS = (
-    ("rewards/chosen", lambda o, s, v: s["chosen_rewards"], "mean"),
-    ("rewards/rejected", lambda o, s, v: _masked_mean(s["rejected_rewards"], v), "mean"),
-    ("rewards/accuracies", lambda o, s, v: s["reward_accuracy"], "mean"),
-    ("rewards/margins", lambda o, s, v: s["chosen_rewards"] - _masked_mean(s["rejected_rewards"], v), "mean"),
-    ("logps/chosen", lambda o, s, v: o.logps[:, 0], "mean"),
-    ("logps/rejected", lambda o, s, v: _masked_mean(o.logps[:, 1:], v), "mean"),
-    ("entropy", lambda o, s, v: (o.entropy.sum(dim=1), o.num_tokens.sum(dim=1)), "tokens"),
-    ("logits/chosen", lambda o, s, v: (o.mean_logits[:, 0], o.num_tokens[:, 0]), "tokens"),
-    ("logits/rejected", lambda o, s, v: (o.mean_logits[:, 1:].sum(dim=1), o.num_tokens[:, 1:].sum(dim=1)), "tokens"),
-    ("mean_token_accuracy", lambda o, s, v: (o.top1[:, 0], o.num_tokens[:, 0]), "tokens"),
-    ("num_tokens", lambda o, s, v: o.sequence_tokens.sum(dim=1), "total"),
-    ("dynamicpo/boundary_negatives", lambda o, s, v: s["boundary_mask"].sum(dim=1), "mean"),
-    ("dynamicpo/clustering_fallback", lambda o, s, v: s["used_clustering"], "mean"),
-    ("dynamicpo/beta_mean", lambda o, s, v: _masked_mean(s["betas"], s["selected_mask"]), "mean"),
+    ("rewards/chosen", lambda o, s, b: s["chosen_rewards"], "mean"),
+    ("rewards/rejected", lambda o, s, b: _masked_mean(s["rejected_rewards"], b["rejected_mask"]), "mean"),
+    ("rewards/accuracies", lambda o, s, b: s["reward_accuracy"], "mean"),
+    (
+        "rewards/margins",
+        lambda o, s, b: s["chosen_rewards"] - _masked_mean(s["rejected_rewards"], b["rejected_mask"]),
+        "mean",
+    ),
+    ("logps/chosen", lambda o, s, b: o.logps[:, 0], "mean"),
+    ("logps/rejected", lambda o, s, b: _masked_mean(o.logps[:, 1:], b["rejected_mask"]), "mean"),
+    ("entropy", lambda o, s, b: (o.entropy.sum(dim=1), o.num_tokens.sum(dim=1)), "tokens"),
+    ("logits/chosen", lambda o, s, b: (o.mean_logits[:, 0], o.num_tokens[:, 0]), "tokens"),
+    ("logits/rejected", lambda o, s, b: (o.mean_logits[:, 1:].sum(dim=1), o.num_tokens[:, 1:].sum(dim=1)), "tokens"),
+    ("mean_token_accuracy", lambda o, s, b: (o.top1[:, 0], o.num_tokens[:, 0]), "tokens"),
+    ("num_tokens", lambda o, s, b: o.sequence_tokens.sum(dim=1), "total"),
+    ("dynamicpo/boundary_negatives", lambda o, s, b: s["boundary_mask"].sum(dim=1), "mean"),
+    ("dynamicpo/clustering_fallback", lambda o, s, b: s["used_clustering"], "mean"),
+    ("dynamicpo/beta_mean", lambda o, s, b: _masked_mean(s["betas"], s["selected_mask"]), "mean"),
     (
         "dynamicpo/beta_min",
-        lambda o, s, v: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).max).amin(dim=1),
+        lambda o, s, b: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).max).amin(dim=1),
         "min",
     ),
     (
         "dynamicpo/beta_max",
-        lambda o, s, v: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).min).amax(dim=1),
+        lambda o, s, b: s["betas"].masked_fill(~s["selected_mask"], torch.finfo(s["betas"].dtype).min).amax(dim=1),
         "max",
     ),
-    ("dynamicpo/d_pb", lambda o, s, v: _masked_mean(s["d_pb"], s["boundary_mask"]), "mean"),
-    ("dynamicpo/d_be", lambda o, s, v: _masked_mean(s["d_be"], s["boundary_mask"]), "mean"),
-    ("dynamicpo/boundary_grad_share", lambda o, s, v: s["boundary_grad_share"], "mean"),
+    ("dynamicpo/d_pb", lambda o, s, b: _masked_mean(s["d_pb"], s["boundary_mask"]), "mean"),
+    ("dynamicpo/d_be", lambda o, s, b: _masked_mean(s["d_be"], s["boundary_mask"]), "mean"),
+    ("dynamicpo/boundary_grad_share", lambda o, s, b: s["boundary_grad_share"], "mean"),
+    # Collapse diagnostics: the answer's log-prob against the reference (the starting model), and the share of the
+    # answer's tokens that the negatives in the loss also contain (the channel of likelihood displacement).
+    ("dynamicpo/chosen_logp_shift", lambda o, s, b: s.get("chosen_logratio"), "mean"),
+    ("dynamicpo/answer_token_overlap", lambda o, s, b: _answer_token_overlap(s["selected_mask"], b), "tokens"),
 )
 METRIC_KEYS = tuple(key for key, _, _ in METRICS)
 # Logged only for MoE models whose router auxiliary loss is enabled (TRL's `aux_loss`, a per-step mean).
@@ -230,6 +249,7 @@ class DynamicPOTrainer(DPOTrainer):
                 pad_token_id=tokenizer.pad_token_id,
                 shared_prefix=self._resolve_shared_prefix(model, args),
                 pad_to_multiple_of=args.pad_to_multiple_of,
+                overlap_ignore_ids=tuple(t for t in (tokenizer.eos_token_id,) if t is not None),
             )
 
         # DPOTrainer loads a reference model unless PEFT is used or reference log-probs are precomputed; a
@@ -392,7 +412,7 @@ class DynamicPOTrainer(DPOTrainer):
             reference_free=self._reference_free,
             label_smoothing=self.args.label_smoothing,
         )
-        self._record_metrics(mode, outputs, inputs["rejected_mask"], stats)
+        self._record_metrics(mode, outputs, inputs, stats)
         loss = self._total_loss(losses, outputs)
         return (loss, outputs.logps.detach()) if return_outputs else loss
 
@@ -411,14 +431,17 @@ class DynamicPOTrainer(DPOTrainer):
     # Tokens of the training sequences seen so far (TRL's `num_tokens`), kept on the device between logging steps.
     _train_tokens: torch.Tensor | int = 0
 
-    def _record_metrics(self, mode: str, outputs, valid: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
+    def _record_metrics(self, mode: str, outputs, batch, stats: dict[str, torch.Tensor]) -> None:
         """Reduce the step's `METRICS` over the batch (gathered across processes) and keep them on the device.
 
         Nothing leaves the device here; `log` turns the accumulated tensors into floats once per logging step.
         """
+        valid = batch["rejected_mask"]
         columns, entries = [], []  # entries: (key, reduction, columns of `per_example` it reads)
         for key, value, reduction in METRICS:
-            parts = value(outputs, stats, valid)
+            parts = value(outputs, stats, batch)
+            if parts is None:
+                continue
             parts = parts if isinstance(parts, tuple) else (parts,)
             entries.append((key, reduction, slice(len(columns), len(columns) + len(parts))))
             columns.extend(part.detach().float() for part in parts)

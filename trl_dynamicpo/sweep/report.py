@@ -26,7 +26,8 @@ RUN_COLUMNS = [
     "eval_set", "protocol", "objective", "variant", "k", "seed", "n", "hr@1", "ndcg@5", "hr@5", "mrr",
     "valid_ratio", "vs_sft", "vs_sft_low", "vs_sft_high", "wins_vs_sft", "losses_vs_sft", "mcnemar_p_vs_sft",
     "steps", "train_time_s", "eval_time_s", "loss_first", "loss_final", "boundary_grad_share_final",
-    "beta_mean_final", "boundary_negatives_final",
+    "beta_mean_final", "boundary_negatives_final", "chosen_logp_shift_final", "logp_rejected_final",
+    "answer_token_overlap_final",
 ]  # fmt: skip
 
 
@@ -66,6 +67,9 @@ def run_rows(reference: dict[str, Any], results: Sequence[dict[str, Any]]) -> li
                     "boundary_grad_share_final": _last(curves, "boundary_grad_share"),
                     "beta_mean_final": _last(curves, "beta_mean"),
                     "boundary_negatives_final": _last(curves, "boundary_negatives"),
+                    "chosen_logp_shift_final": _last(curves, "chosen_logp_shift"),
+                    "logp_rejected_final": _last(curves, "logp_rejected"),
+                    "answer_token_overlap_final": _last(curves, "answer_token_overlap"),
                 })  # fmt: skip
     return rows
 
@@ -300,7 +304,14 @@ def plot_hr_vs_k(reference, results, eval_set: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_curves(results, path: Path, metrics=("loss", "hr1_subset", "boundary_grad_share")) -> Path | None:
+# The per-step panels of curves.png: the loss and HR@1, then what shows collapse coming (the answer's log-prob
+# against its start, the negatives' log-prob, the boundary set, the answer tokens the negatives share) and the
+# gradient share on the boundary negatives.
+CURVE_PANELS = ("loss", "hr1_subset", "chosen_logp_shift", "logp_rejected", "boundary_negatives",
+                "answer_token_overlap", "boundary_grad_share")  # fmt: skip
+
+
+def plot_curves(results, path: Path, metrics=CURVE_PANELS) -> Path | None:
     """Per-step curves (first seed): one row per objective, one column per metric, K as colour, variant as style."""
     import matplotlib
 
@@ -316,8 +327,10 @@ def plot_curves(results, path: Path, metrics=("loss", "hr1_subset", "boundary_gr
     cmap = plt.get_cmap("viridis")
     colour = {k: cmap(i / max(len(ks) - 1, 1)) for i, k in enumerate(ks)}
     titles = {"loss": "training loss", "hr1_subset": "HR@1 (validation subset)",
+              "chosen_logp_shift": "log p(answer) - its start", "logp_rejected": "mean log p(negative)",
+              "boundary_negatives": "boundary negatives |B|", "answer_token_overlap": "answer tokens in negatives",
               "boundary_grad_share": "gradient share on boundary negatives"}  # fmt: skip
-    fig, axes = plt.subplots(len(objectives), len(metrics), figsize=(4.3 * len(metrics), 3.0 * len(objectives)),
+    fig, axes = plt.subplots(len(objectives), len(metrics), figsize=(3.4 * len(metrics), 2.8 * len(objectives)),
                              squeeze=False)  # fmt: skip
     for row, objective in enumerate(objectives):
         for col, metric in enumerate(metrics):

@@ -35,6 +35,8 @@ CURVE_KEYS = {
     "dynamicpo/clustering_fallback": "clustering_fallback",
     "dynamicpo/beta_mean": "beta_mean",
     "dynamicpo/boundary_grad_share": "boundary_grad_share",
+    "dynamicpo/chosen_logp_shift": "chosen_logp_shift",
+    "dynamicpo/answer_token_overlap": "answer_token_overlap",
     "eval_rank_hr@1": "hr1_subset",
     "eval_rank_ndcg@5": "ndcg5_subset",
 }
