@@ -142,24 +142,29 @@ def _one(matches: list[Path], what: str, raw_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
+def raw_table_names(dataset: str, split: str) -> set[str]:
+    """The lower-cased file names a split's raw table may have: `<stem><suffix>` or `<dataset>_<stem><suffix>`."""
+    return {
+        f"{prefix}{stem}{suffix}"
+        for stem in RAW_SPLIT_STEMS[split]
+        for prefix in ("", f"{dataset}_")
+        for suffix in FRAME_SUFFIXES
+    }
+
+
 def find_split_sources(raw_dir: PathLike, dataset: str, splits: Sequence[str] = SPLITS) -> dict[str, SplitSource]:
     """The source files of each split found in `raw_dir` (case-insensitive names); splits without one are absent.
 
-    A raw table is `<stem><suffix>` or `<dataset>_<stem><suffix>` with the stems of `RAW_SPLIT_STEMS` and the
-    suffixes of `raw.FRAME_SUFFIXES`; an S-DPO prompt file is `[<prefix>-]<name>.json[l][.gz]` with the names of
+    A raw table has a name of `raw_table_names` (the stems of `RAW_SPLIT_STEMS`, the suffixes of
+    `raw.FRAME_SUFFIXES`); an S-DPO prompt file is `[<prefix>-]<name>.json[l][.gz]` with the names of
     `SDPO_SPLIT_NAMES`. Raises `ValueError` when several files fit one role.
     """
     raw_dir = Path(raw_dir)
     files = _listing(raw_dir)
     found = {}
     for split in splits:
-        names = {
-            f"{prefix}{stem}{suffix}"
-            for stem in RAW_SPLIT_STEMS[split]
-            for prefix in ("", f"{dataset}_")
-            for suffix in FRAME_SUFFIXES
-        }
-        table = _one([files[n] for n in sorted(names) if n in files], f"{split} table", raw_dir)
+        names = sorted(raw_table_names(dataset, split))
+        table = _one([files[n] for n in names if n in files], f"{split} table", raw_dir)
         pattern = re.compile(rf"^(?:[\w.]+-)?(?:{'|'.join(SDPO_SPLIT_NAMES[split])})\.jsonl?(?:\.gz)?$")
         prompts = _one([p for n, p in files.items() if pattern.match(n)], f"{split} S-DPO prompt file", raw_dir)
         if table is not None or prompts is not None:

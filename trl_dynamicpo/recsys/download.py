@@ -19,8 +19,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from .build import DATASETS, RAW_SPLIT_STEMS
-from .raw import FRAME_SUFFIXES
+from .build import DATASETS, SPLITS, raw_table_names
 
 
 logger = logging.getLogger(__name__)
@@ -35,17 +34,11 @@ def hub_files_for(dataset: str, repo_files: Iterable[str]) -> list[str]:
     and catalogue (other files, such as checkpoints or item embeddings, are left out)."""
     spec = DATASETS[dataset]
     catalogues = {name.lower() for name in spec.catalogue_files}
-    tables = {
-        f"{prefix}{stem}{suffix}"
-        for stems in RAW_SPLIT_STEMS.values()
-        for stem in stems
-        for prefix in ("", f"{dataset}_")
-        for suffix in FRAME_SUFFIXES
-    }
+    tables = set().union(*(raw_table_names(dataset, split) for split in SPLITS))
     picked = []
     for name in repo_files:
         path = PurePosixPath(name)
-        if len(path.parts) == 2 and path.parts[0] == dataset and path.name.lower() in catalogues | tables:
+        if len(path.parts) == 2 and path.parts[0].lower() == dataset and path.name.lower() in catalogues | tables:
             picked.append(name)
     return sorted(picked)
 

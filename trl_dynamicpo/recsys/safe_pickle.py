@@ -20,6 +20,7 @@ which rebuild arrays from raw buffers); save such a frame as Parquet, or with ob
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import pickletools
@@ -179,8 +180,6 @@ def load_dataframe_pickle(path: str | os.PathLike):
         UnsafePickleError: the file names a refused global (the message names it).
         ValueError: the file is not a pickle, or holds something other than a DataFrame.
     """
-    import io
-
     import pandas as pd
 
     with open(path, "rb") as handle:
