@@ -285,7 +285,7 @@ def test_malicious_object_inside_a_dataframe_is_refused(tmp_path):
         build_dataset("llara", tmp_path, tmp_path / "out", padding_id=40, catalogue=write_catalogue(
             tmp_path / "id2name.txt", ARTISTS[:41]))  # fmt: skip
     assert err.value.refused == [f"{os.system.__module__}.system"]
-    assert not marker.exists() and not (tmp_path / "out" / "train.jsonl.gz").exists()
+    assert not marker.exists() and not (tmp_path / "out").exists()  # nothing written either
 
 
 def test_unresolvable_or_foreign_globals_are_refused(tmp_path):
@@ -454,6 +454,7 @@ def test_unknown_item_ids_name_file_row_and_field(tmp_path):
     write_table(tmp_path / "train_data.jsonl", rows)
     with pytest.raises(RecDataError, match=r"train_data.jsonl: row 4 \(line 5\), field 'seq': the history holds 99, an id id2name.txt lacks"):
         build("llara", tmp_path, tmp_path / "out", padding_id=41, catalogue="id2name.txt")
+    assert not (tmp_path / "out").exists()  # the splits are built in memory first: no partial output
     rows[4]["seq"][0], rows[5]["next"] = 1, 41
     write_table(tmp_path / "train_data.jsonl", rows)
     with pytest.raises(RecDataError, match=r"row 5 \(line 6\), field 'next': the target is the padding id"):

@@ -371,17 +371,16 @@ def build_dataset(
     raw_catalogue = read_raw_catalogue(catalogue_path, name_rule)
     items = raw_catalogue.unique_names()
     names = [name for _, name in items]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items_path = out_dir / ITEMS_FILE
-    items_path.write_text("".join(f"{item}::{name}\n" for item, name in items), encoding="utf-8")
     manifest_sources = [{**hashes[catalogue_path], "role": "catalogue", "rows": raw_catalogue.rows}]
 
-    manifest_splits = {}
+    # Every split is built before anything is written, so a refused or malformed file leaves no partial output.
+    built: dict[str, list[RecExample]] = {}
+    manifest_splits: dict[str, dict[str, Any]] = {}
     for split, source in sources.items():
-        entry: dict[str, Any] = {}
         if source.table is not None:
             table = read_raw_table(source.table)
-            manifest_sources.append({**hashes[source.table], "role": split, "format": table.format, "rows": len(table.rows)})
+            manifest_sources.append({**hashes[source.table], "role": split, "format": table.format,
+                                     "rows": len(table.rows)})  # fmt: skip
             examples, dropped = _prompt_rows(
                 table, raw_catalogue, padding_id, min_history, candidates, num_candidates, show_progress
             )
@@ -394,15 +393,8 @@ def build_dataset(
             examples = leak_free_candidates(
                 examples, names, num_candidates=num_candidates, seed=candidate_seed, show_progress=show_progress
             )
-        output = write_examples(examples, out_dir / OUTPUT_FILES[split])
-        entry.update(
-            source=_describe(source.source, raw_dir),
-            rows_read=rows_read,
-            rows_written=len(examples),
-            dropped=dict(dropped),
-            output=output.name,
-            sha256=sha256_of(output),
-        )
+        entry: dict[str, Any] = {"source": _describe(source.source, raw_dir), "rows_read": rows_read,
+                                 "rows_written": len(examples), "dropped": dict(dropped)}  # fmt: skip
         if source.table is not None and source.prompts is not None:
             reference = read_examples(source.prompts, catalogue=names)
             manifest_sources.append({**hashes[source.prompts], "role": f"{split} reference", "format": "sdpo",
@@ -412,10 +404,18 @@ def build_dataset(
                 **_compare(examples, reference, with_candidates=candidates == "papers"),
             }
             if not entry["reference"]["identical"]:
-                logger.warning("%s: %s differs from %s: %s", split, output.name, source.prompts.name, entry["reference"])
-        logger.info("%s: %d prompts from %s (%s dropped) -> %s", split, len(examples), source.source.name,
-                    sum(dropped.values()), output)  # fmt: skip
-        manifest_splits[split] = entry
+                logger.warning("%s: the prompts built differ from %s: %s", split, source.prompts.name,
+                               entry["reference"])  # fmt: skip
+        built[split], manifest_splits[split] = examples, entry
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items_path = out_dir / ITEMS_FILE
+    items_path.write_text("".join(f"{item}::{name}\n" for item, name in items), encoding="utf-8")
+    for split, examples in built.items():
+        output = write_examples(examples, out_dir / OUTPUT_FILES[split])
+        manifest_splits[split].update(output=output.name, sha256=sha256_of(output))
+        logger.info("%s: %d prompts from %s (%d dropped) -> %s", split, len(examples), sources[split].source.name,
+                    sum(manifest_splits[split]["dropped"].values()), output)  # fmt: skip
 
     manifest = {
         "tool": "trl-dynamicpo data build",
