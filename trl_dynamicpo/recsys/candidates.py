@@ -98,7 +98,8 @@ def sdpo_candidates(
     plus the target, then `random.seed(target); random.shuffle`, with Python's `random` module, the population in
     catalogue order (LLaRA's item ids in `id2name.txt` order). The sample is drawn over positions, which is what
     `random.sample` does with any sequence, so the list of eligible items is never built. With LLaRA's raw LastFM
-    training table this gives the 47,872 public prompts exactly.
+    training table this gives the 47,872 public prompts exactly. (S-DPO seeds so for LastFM and Goodreads; its
+    Steam and MovieLens code draws unseeded, so no rule reproduces those lists.)
 
     Args:
         history: the prompt's history items (excluded from the negatives).
