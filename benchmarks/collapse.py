@@ -111,14 +111,18 @@ PRESETS: dict[str, Preset] = {
         eval_prompts=24, max_new_tokens=8, curve_prompts=8, curve_every=1, ks=(1, 3), objectives=("dmpo",),
         holdout_users=0, sample_ok=True,
     ),
+    # At most 15 minutes from an empty cache on 2 cores: SFT with the history loss (an answer-only SFT from scratch
+    # barely reads the candidates at this scale), DMPO plain vs DynamicPO at K = 1 and 19, 500 prompts per file.
     "subword-quick": Preset(
-        tokenizer_vocab=3000, item_tokens="subword", separator=", ", sft_losses=("answer",), sft_epochs=0.35,
+        tokenizer_vocab=3000, item_tokens="subword", separator=", ", sft_losses=("history",), sft_epochs=0.5,
         po_prompts=512, po_epochs=3.0, eval_prompts=500, ks=(1, 19), objectives=("dmpo",),
     ),
+    # Both SFT losses (one sweep each), K in {1, 3, 7, 15, 19} x {DMPO, S-DPO} x {plain, DynamicPO}, seeds 0-2 for
+    # DMPO at K = 1 and 19, 3 epochs over 1,024 preference prompts, both files, both protocols.
     "subword-full": Preset(
         tokenizer_vocab=3000, item_tokens="subword", separator=", ", sft_losses=("answer", "history"),
-        po_prompts=1024, po_epochs=3.0, ks=(1, 3, 7, 15, 19), objectives=("dmpo", "sdpo"), extra_seeds=(1, 2),
-        extra_seed_ks=(1, 19),
+        sft_epochs=1.5, po_prompts=1024, po_epochs=3.0, ks=(1, 3, 7, 15, 19), objectives=("dmpo", "sdpo"),
+        extra_seeds=(1, 2), extra_seed_ks=(1, 19),
     ),
 }  # fmt: skip
 SFT_LOSSES = {"history": "history items and answer", "answer": "the answer only"}
@@ -368,7 +372,7 @@ def main(argv=None) -> int:
     sft_losses = args.sft_loss or list(preset.sft_losses)
     for sft_loss in sft_losses:
         name = args.name or args.preset
-        if len(sft_losses) > 1:  # one sweep (and one report) per SFT loss
+        if len(preset.sft_losses) > 1 or args.sft_loss:  # one sweep (and one report) per SFT loss
             name = f"{name}-{sft_loss}"
         run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name, list(notes), start)
     log(f"Done in {(time.time() - start) / 60:.1f} min")
@@ -426,7 +430,7 @@ def run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name,
         "threads": torch.get_num_threads(),
     }
     results_dir = Path(args.results_dir or REPO / "benchmarks" / "results" / f"collapse_{name}")
-    if args.results_dir and name != (args.name or args.preset):
+    if args.results_dir and len(preset.sft_losses) > 1:  # one folder per SFT loss
         results_dir = results_dir / name
     results_dir.mkdir(parents=True, exist_ok=True)
     for path in out["files"].values():

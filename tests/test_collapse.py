@@ -100,3 +100,31 @@ def test_held_out_users_leave_the_training_file(collapse, tmp_path):
     assert info["prompts"]["heldout"] == len(held) > 0 and info["prompts"]["train"] == len(train)
     assert len(train) + len(held) == 3000  # the bundled sample's training prompts, each in one file
     assert not {tuple(ex.history) for ex in held} & {tuple(ex.history) for ex in train}
+
+
+def test_subword_smoke_preset_logs_the_collapse_diagnostics(tmp_path):
+    """The sub-word preset end to end at smoke size: names span several tokens and share them, and the report
+    carries the answer's log-prob shift, the negatives' log-prob, the boundary set and the shared-token share."""
+    env = {key: value for key, value in os.environ.items() if key != "TRL_DYNAMICPO_DATA"}
+    env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "subword-smoke", "--cache-dir", str(tmp_path / "cache"),
+         "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = tmp_path / "results"
+    meta = json.loads((results / "meta.json").read_text())
+    spelling = meta["model"]["item_spelling"]
+    assert meta["model"]["item_tokens"] == "subword" and meta["sft_loss"] == "answer"
+    assert spelling["mean_tokens"] > 2 and spelling["share_sharing_token"] > 0.9
+    with open(results / "curves.csv", encoding="utf-8") as handle:
+        curves = list(csv.DictReader(handle))
+    for metric in ("chosen_logp_shift", "logp_rejected", "boundary_negatives", "answer_token_overlap"):
+        values = [float(r["value"]) for r in curves if r["metric"] == metric]
+        assert values and all(v == v for v in values), metric  # logged at every logging step, never NaN
+    overlap = [float(r["value"]) for r in curves if r["metric"] == "answer_token_overlap"]
+    assert all(0.0 <= v <= 1.0 for v in overlap) and max(overlap) > 0  # sub-word answers share tokens
+    with open(results / "runs.csv", encoding="utf-8") as handle:
+        runs = {(r["variant"], r["k"]) for r in csv.DictReader(handle) if r["objective"] == "dmpo"}
+    assert runs == {("plain", "1"), ("plain", "3"), ("dynamicpo", "1"), ("dynamicpo", "3")}
