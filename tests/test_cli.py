@@ -224,24 +224,6 @@ def test_leak_tools_import_no_torch():
     run_cli(sys.executable, "-c", code)
 
 
-def test_resolve_resume(tmp_path):
-    from types import SimpleNamespace
-
-    from trl_dynamicpo.cli.common import resolve_resume
-
-    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
-    assert resolve_resume(args) is None  # nothing to resume yet: start from scratch
-    for step in (2, 10):  # complete checkpoints: trainer_state.json (written last) at their step
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    assert resolve_resume(args) == str(tmp_path / "checkpoint-10")
-    args.resume_from_checkpoint = None
-    assert resolve_resume(args) is None
-    args.resume_from_checkpoint = str(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError):
-        resolve_resume(args)
-
-
 def test_compact_cpu_head_gives_the_same_logprobs_and_is_scoped():
     import torch
     import trl.trainer.utils as trl_utils

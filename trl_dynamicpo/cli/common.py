@@ -1,4 +1,4 @@
-"""Pieces shared by the training commands: logging, resuming, saving and the run record."""
+"""Pieces shared by the training commands: logging, saving and the run record."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,80 +27,6 @@ def setup_logging(training_args=None) -> None:
     level = training_args.get_process_log_level()
     logging.getLogger("trl_dynamicpo").setLevel(logging.INFO if training_args.should_log else level)
     transformers.utils.logging.set_verbosity(level)
-
-
-def _checkpoint_step(name: str) -> int | None:
-    """N for a Trainer checkpoint folder name `checkpoint-N`, else None."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    match = re.fullmatch(rf"{re.escape(PREFIX_CHECKPOINT_DIR)}-(\d+)", name)
-    return int(match.group(1)) if match else None
-
-
-def checkpoint_problem(folder: str) -> str | None:
-    """Why `folder` is not a complete Trainer checkpoint, or None when it is.
-
-    The Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states; a folder
-    whose state is missing, unreadable (cut short) or at another step was left by a run killed while saving.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    state_file = os.path.join(folder, TRAINER_STATE_NAME)
-    if not os.path.isfile(state_file):
-        return f"no {TRAINER_STATE_NAME}"
-    try:
-        with open(state_file, encoding="utf-8") as handle:
-            step = json.load(handle)["global_step"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"unreadable {TRAINER_STATE_NAME} ({type(err).__name__}: {err})"
-    folder_step = _checkpoint_step(os.path.basename(os.path.normpath(folder)))
-    if folder_step is not None and folder_step != step:
-        return f"{TRAINER_STATE_NAME} is at step {step}"
-    return None
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder of `output_dir` that is complete (see `checkpoint_problem`), or None.
-
-    Newer incomplete folders are skipped with a warning (and left in place).
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    steps = {}
-    for name in os.listdir(output_dir):
-        step = _checkpoint_step(name)
-        if step is not None and os.path.isdir(os.path.join(output_dir, name)):
-            steps[os.path.join(output_dir, name)] = step
-    for folder in sorted(steps, key=steps.get, reverse=True):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        logger.warning("Not resuming from %s: %s (half-written: the run was stopped while saving it).", folder, problem)
-    return None
-
-
-def resolve_resume(training_args) -> str | None:
-    """`resume_from_checkpoint`: a checkpoint path, or 'true' / 'last' for the newest complete checkpoint in output_dir.
-
-    'true' with no complete checkpoint yet starts from scratch (so the same command line restarts or resumes a
-    job); a half-written checkpoint (the run was killed while saving it) is never picked. A path must be a complete
-    checkpoint.
-    """
-    value = training_args.resume_from_checkpoint
-    if value is None or value in ("", "false", "False", "no"):
-        return None
-    if value in (True, "true", "True", "last", "latest"):
-        last = last_complete_checkpoint(training_args.output_dir)
-        if last is None:
-            logger.warning("resume_from_checkpoint=%s but %s holds no complete checkpoint: starting from scratch.",
-                           value, training_args.output_dir)  # fmt: skip
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a checkpoint folder.")
-    problem = checkpoint_problem(value)
-    if problem is not None:
-        raise ValueError(f"resume_from_checkpoint={value!r} is not a complete checkpoint: {problem}.")
-    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -185,6 +110,7 @@ def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, *
 
     On CPU, training runs inside `compact_lm_head_on_cpu` (TRL's fused head projects only the labelled positions).
     """
+    from ..checkpoints import resolve_resume
     from ..packing import compact_lm_head_on_cpu
 
     callbacks = [*(callbacks or []), *([rank_callback] if rank_callback is not None else [])]
