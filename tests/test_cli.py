@@ -169,36 +169,35 @@ def test_help_and_version(capsys):
 
 
 def test_yaml_sections_variants_and_flags(tmp_path):
-    from trl_dynamicpo.cli import evaluate, sft, train
     from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.variants import method_name
 
     config = write_yaml(tmp_path / "r.yaml", {**tiny_recipe("base-path", tmp_path), "learning_rate": 5e-5})
-    data, args, model = parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+    data, args, model = parse_command("sft", argv=["--config", str(config)])
     assert model.model_name_or_path == "base-path" and args.learning_rate == 1e-3 and not args.bf16
     assert data.num_negatives == 3 and data.candidates == "leak_free"
-    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--max_steps", "7"])
+    data, args, model = parse_command("train", argv=["--config", str(config), "--max_steps", "7"])
     assert model.model_name_or_path == str(tmp_path / "sft") and args.max_steps == 7 and args.beta == 1.0
     assert args.boundary_selection and args.dynamic_beta
-    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
+    data, args, model = parse_command("train", argv=["--config", str(config), "--variant", "dmpo_plain"])
     assert not args.boundary_selection and not args.dynamic_beta and args.output_dir == str(tmp_path / "dmpo")
-    assert train.method_name(args) == "DMPO"
-    _, eval_args, model = parse_command("eval", evaluate.dataclass_types(), ["--config", str(config), "--variant=dmpo_plain"])
+    assert method_name(args) == "DMPO"
+    _, eval_args, model = parse_command("eval", argv=["--config", str(config), "--variant=dmpo_plain"])
     assert model.model_name_or_path == str(tmp_path / "dmpo") and eval_args.output_dir is None
     # num_negatives -1 means every non-target candidate.
-    data, *_ = parse_command("train", train.dataclass_types(), ["--config", str(config), "--num_negatives", "-1"])
+    data, *_ = parse_command("train", argv=["--config", str(config), "--num_negatives", "-1"])
     assert data.num_negatives is None
 
 
 def test_unknown_key_is_an_error(tmp_path):
-    from trl_dynamicpo.cli import sft, train
     from trl_dynamicpo.cli.parsing import parse_command
 
     config = write_yaml(tmp_path / "r.yaml", {"model_name_or_path": "x", "learnig_rate": 1e-4})
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
-        parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+        parse_command("sft", argv=["--config", str(config)])
     config = write_yaml(tmp_path / "v.yaml", {"model_name_or_path": "x"})
     with pytest.raises(ValueError, match="no variant"):
-        parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
+        parse_command("train", argv=["--config", str(config), "--variant", "dmpo_plain"])
 
 
 def test_leak_tools_are_wired(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Stopping a run and resuming it gives the same losses and weights as one uninterrupted run.
 
-In process: a `train` run stopped after a checkpoint. Through the console script: `trl-dynamicpo sft` and `train`
+In process (`resolve_recipe` + `run_train`): a `train` run stopped after a checkpoint. Through the console script: `trl-dynamicpo sft` and `train`
 killed with SIGKILL between two checkpoints and started again with `--resume_from_checkpoint true`. A checkpoint
 half-written when the run was killed (its `trainer_state.json`, the file the Trainer writes last, missing or cut
 short) is never the resume point.
@@ -34,12 +34,11 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
-def _run(config: Path, output_dir: Path, *flags, callbacks=None):
-    from trl_dynamicpo.cli import train
-    from trl_dynamicpo.cli.parsing import parse_command
+def _run(config: Path, output_dir: Path, callbacks=None, **overrides):
+    from trl_dynamicpo.pipeline import resolve_recipe, run_train
 
-    args = parse_command("train", train.dataclass_types(), ["--config", str(config), "--output_dir", str(output_dir), *flags])
-    train.run_train(*args, callbacks=callbacks)
+    args = resolve_recipe(config, "train", overrides={"output_dir": str(output_dir), **overrides})
+    run_train(*args, callbacks=callbacks)
 
 
 def _losses(output_dir: Path) -> dict[int, float]:
@@ -78,8 +77,8 @@ def test_resume_matches_uninterrupted_run(slice_data, tmp_path):
     _run(config, interrupted, callbacks=[StopAfter(STOP)])
     assert (interrupted / f"checkpoint-{STOP}").is_dir()
     assert max(_losses(interrupted)) == STOP
-    # The same command line with `--resume_from_checkpoint true` picks up the newest checkpoint of output_dir.
-    _run(config, interrupted, "--resume_from_checkpoint", "true")
+    # The same call with `resume_from_checkpoint="true"` picks up the newest checkpoint of output_dir.
+    _run(config, interrupted, resume_from_checkpoint="true")
 
     expected, resumed = _losses(full), _losses(interrupted)
     assert sorted(expected) == sorted(resumed) == list(range(1, STEPS + 1))

@@ -1,8 +1,9 @@
 """`trl-dynamicpo` / `python -m trl_dynamicpo`: the command-line entry point.
 
-Every command parses its arguments with `trl.TrlParser`: `--config recipe.yaml` sets defaults (see
-`trl_dynamicpo.cli.parsing` for the per-command sections and `--variant`), flags override them. Each command runs
-unchanged under `accelerate launch` and `torchrun`::
+Every command parses its arguments with `trl.TrlParser` (`trl_dynamicpo.cli.parsing`): `--config recipe.yaml` sets
+defaults (see `trl_dynamicpo.pipeline.recipes` for the per-command sections and `--variant`), flags override them,
+and the command calls its library function (`trl_dynamicpo.pipeline.run_train`, ...). Each command runs unchanged
+under `accelerate launch` and `torchrun`::
 
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m trl_dynamicpo train --config recipe.yaml
     torchrun --nproc_per_node 4 -m trl_dynamicpo train --config recipe.yaml

@@ -1,11 +1,9 @@
-"""Argument dataclasses of the `trl-dynamicpo` commands (parsed with `trl.TrlParser`, YAML or flags).
+"""Argument dataclasses of the pipeline's commands (a recipe's keys; `trl-dynamicpo <command>` flags).
 
-The training commands combine one of these with TRL's own dataclasses:
-
-- `sft`:   `RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`
-- `train`: `RecDataArguments`, `trl_dynamicpo.DynamicPOConfig`, `trl.ModelConfig`
-- `eval`:  `RecDataArguments`, `EvalArguments`, `trl.ModelConfig`
-- `quickstart`: `QuickstartArguments`
+`trl_dynamicpo.pipeline.command_dataclasses` says which command combines which of these with TRL's own dataclasses
+(`sft`: `RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`; `train`: `RecDataArguments`, `DynamicPOConfig`,
+`trl.ModelConfig`; `eval`: `RecDataArguments`, `EvalArguments`, `trl.ModelConfig`; `sweep`: `SweepArguments`;
+`quickstart`: `QuickstartArguments`).
 
 Field names must not collide with those of the TRL dataclasses (for instance `seed` belongs to the trainer
 configs, hence `candidate_seed` here).
@@ -15,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl_dynamicpo.losses import LOSS_TYPES
-from trl_dynamicpo.recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
-from trl_dynamicpo.recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
+from ..losses import LOSS_TYPES
+from ..recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
+from ..recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
+from ..variants import VARIANTS
+from .recipes import parse_overrides
 
 
 CANDIDATE_MODES = ("leak_free", "public")
@@ -270,3 +270,54 @@ class QuickstartArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the model initialisation and training."})
     plot: bool = field(default=True, metadata={"help": "Write quickstart.png (needs matplotlib)."})
     show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+@dataclass
+class SweepArguments:
+    """The grid and the outputs of `trl-dynamicpo sweep` (the recipe's own keys set everything else)."""
+
+    sweep_dir: str = field(default="sweep", metadata={"help": "Where runs, results, tables and plots go."})
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 15, 19], metadata={"help": "Values of K."})
+    objectives: list[str] = field(
+        default_factory=lambda: list(LOSS_TYPES),
+        metadata={"help": f"Base objectives (default: all of {', '.join(LOSS_TYPES)})."},
+    )
+    variants: list[str] = field(
+        default_factory=lambda: ["plain", "dynamicpo"],
+        metadata={"help": f"Switch settings: {', '.join(VARIANTS)} (trl_dynamicpo.variants)."},
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds of the main grid."})
+    ablation_ks: list[int] = field(
+        default_factory=list, metadata={"help": "Also run DMPO selection_only and beta_only at these K."}
+    )
+    extra_seeds: list[int] = field(
+        default_factory=list, metadata={"help": "More seeds for DMPO plain and DynamicPO (at extra_seed_ks)."}
+    )
+    extra_seed_ks: list[int] = field(
+        default_factory=list, metadata={"help": "K values of the extra seeds (default: all of ks)."}
+    )
+    eval_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra evaluation files (S-DPO format), each evaluated like the recipe's eval split."},
+    )
+    sft_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Recipe keys set for the sft stage, KEY=VALUE each (VALUE read as YAML): max_steps=10."},
+    )
+    train_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Recipe keys set for every train run, KEY=VALUE each: learning_rate=1e-4 beta=0.5."},
+    )
+    eval_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Recipe keys set for every evaluation, KEY=VALUE each."}
+    )
+    keep_models: bool = field(default=True, metadata={"help": "Keep each run's trained model (or adapter)."})
+    title: str = field(default="DynamicPO sweep", metadata={"help": "Title of summary.md."})
+
+    def __post_init__(self):
+        for name in ("sft_overrides", "train_overrides", "eval_overrides"):
+            parse_overrides(getattr(self, name))  # a malformed item stops the sweep before it trains anything
+
+    def overrides(self, stage: str) -> dict:
+        """The overrides of one stage ("sft", "train" or "eval") as a mapping of recipe keys."""
+        return parse_overrides(getattr(self, f"{stage}_overrides"))

@@ -1,70 +1,17 @@
-"""Pieces shared by the training commands: logging, saving and the run record."""
+"""What the training commands share: the trainer with its callbacks, resuming, the parallelism check, saving."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-
-logger = logging.getLogger("trl_dynamicpo.cli")
-
-RUN_RECORD = "trl_dynamicpo_run.json"
+from ..checkpoints import resolve_resume
+from .records import RUN_RECORD, parallelism, write_run_record
 
 
-def setup_logging(training_args=None) -> None:
-    """Log to stderr at the trainer's process log level (warnings only on non-main processes)."""
-    import transformers
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, level=logging.WARNING)
-    if training_args is None:
-        logging.getLogger("trl_dynamicpo").setLevel(logging.INFO)
-        return
-    level = training_args.get_process_log_level()
-    logging.getLogger("trl_dynamicpo").setLevel(logging.INFO if training_args.should_log else level)
-    transformers.utils.logging.set_verbosity(level)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def write_run_record(output_dir: str, command: str, **sections: Any) -> Path:
-    """`trl_dynamicpo_run.json`: the command and the arguments that produced this folder."""
-    from trl_dynamicpo import __version__
-
-    path = Path(output_dir) / RUN_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "trl_dynamicpo": __version__, **{k: _jsonable(v) for k, v in sections.items()}}
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def parallelism(trainer) -> dict[str, Any]:
-    """How the run was spread: accelerate's distributed type, process count, device (and ZeRO stage / FSDP version)."""
-    state = trainer.accelerator.state
-    info: dict[str, Any] = {
-        "distributed_type": state.distributed_type.value,
-        "num_processes": state.num_processes,
-        "device": state.device.type,
-    }
-    if getattr(state, "deepspeed_plugin", None) is not None:
-        info["zero_stage"] = state.deepspeed_plugin.zero_stage
-    if getattr(state, "fsdp_plugin", None) is not None:
-        info["fsdp_version"] = state.fsdp_plugin.fsdp_version
-    return info
+logger = logging.getLogger(__name__)
 
 
 def finish_training(trainer, command: str, dataset_name: str, record: dict[str, Any], tags: list[str]) -> None:
@@ -110,7 +57,6 @@ def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, *
 
     On CPU, training runs inside `compact_lm_head_on_cpu` (TRL's fused head projects only the labelled positions).
     """
-    from ..checkpoints import resolve_resume
     from ..packing import compact_lm_head_on_cpu
 
     callbacks = [*(callbacks or []), *([rank_callback] if rank_callback is not None else [])]
