@@ -23,8 +23,8 @@ COMMANDS = {
     "eval": ("trl_dynamicpo.cli.evaluate", "main", "ranking (HR@k, NDCG@k) and generation (HR@1, ValidRatio)"),
     "sweep": ("trl_dynamicpo.cli.sweep", "main", "K x objective x variant grid with seeds, paired statistics, plots"),
     "quickstart": ("trl_dynamicpo.cli.quickstart", "main", "offline CPU demo: tiny model, SFT, DynamicPO, eval"),
-    "leak-free": ("trl_dynamicpo.recsys.tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
-    "leak-check": ("trl_dynamicpo.recsys.tools", "main_leak_check", "measure how much candidate lists leak"),
+    "leak-free": ("trl_dynamicpo.cli.leak_tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
+    "leak-check": ("trl_dynamicpo.cli.leak_tools", "main_leak_check", "measure how much candidate lists leak"),
 }
 
 USAGE = """usage: trl-dynamicpo <command> [--config recipe.yaml] [--variant NAME] [--flag value ...]

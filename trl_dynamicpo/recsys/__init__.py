@@ -10,7 +10,6 @@ Modules:
 - `baselines`: random, popularity and transition baselines, `baseline_metrics`.
 - `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`, `read_hits` (per-prompt hits).
 - `sample`: the bundled LastFM sample (`load_sample`, `sample_path`, `build_sample`).
-- `tools`: `main_leak_free`, `main_leak_check` command-line entry points.
 
 Names are imported lazily, so `import trl_dynamicpo.recsys` does not load torch or transformers.
 """
@@ -60,10 +59,6 @@ _LAZY = {
     "find_data_dir": "sample",
     "DATA_ENV": "sample",
     "write_sample_slice": "sample",
-    "main_leak_free": "tools",
-    "main_leak_check": "tools",
-    "LeakFreeArguments": "tools",
-    "LeakCheckArguments": "tools",
 }
 
 __all__ = [
@@ -107,10 +102,6 @@ __all__ = [
     "find_data_dir",
     "DATA_ENV",
     "write_sample_slice",
-    "main_leak_free",
-    "main_leak_check",
-    "LeakFreeArguments",
-    "LeakCheckArguments",
 ]
 
 if TYPE_CHECKING:
@@ -137,7 +128,6 @@ if TYPE_CHECKING:
         sample_path,
         write_sample_slice,
     )
-    from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
     from .training_data import preference_dataset, sample_negatives, sft_dataset
 
 
