@@ -17,7 +17,6 @@ from ..losses import LOSS_TYPES
 from ..recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
 from ..recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
 from ..variants import VARIANTS
-from .recipes import parse_overrides
 
 
 CANDIDATE_MODES = ("leak_free", "public")
@@ -313,11 +312,3 @@ class SweepArguments:
     )
     keep_models: bool = field(default=True, metadata={"help": "Keep each run's trained model (or adapter)."})
     title: str = field(default="DynamicPO sweep", metadata={"help": "Title of summary.md."})
-
-    def __post_init__(self):
-        for name in ("sft_overrides", "train_overrides", "eval_overrides"):
-            parse_overrides(getattr(self, name))  # a malformed item stops the sweep before it trains anything
-
-    def overrides(self, stage: str) -> dict:
-        """The overrides of one stage ("sft", "train" or "eval") as a mapping of recipe keys."""
-        return parse_overrides(getattr(self, f"{stage}_overrides"))

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..pipeline.arguments import SweepArguments
 from ..pipeline.evaluate import run_eval
-from ..pipeline.recipes import load_recipe, resolve_recipe
+from ..pipeline.recipes import load_recipe, parse_overrides, resolve_recipe
 from ..pipeline.records import RUN_RECORD
 from ..pipeline.runtime import has_accelerator, setup_logging
 from ..pipeline.sft import run_sft
@@ -246,9 +246,9 @@ def run_sweep(sweep_args: SweepArguments, recipe: str, notes: Sequence[str] = ()
         recipe=recipe,
         sweep_dir=sweep_dir,
         eval_sets=eval_sets,
-        sft_overrides=sweep_args.overrides("sft"),
-        train_overrides=sweep_args.overrides("train"),
-        eval_overrides=sweep_args.overrides("eval"),
+        sft_overrides=parse_overrides(sweep_args.sft_overrides),
+        train_overrides=parse_overrides(sweep_args.train_overrides),
+        eval_overrides=parse_overrides(sweep_args.eval_overrides),
         keep_models=sweep_args.keep_models,
     )
     grid = build_grid(
