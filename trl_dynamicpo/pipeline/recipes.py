@@ -19,10 +19,10 @@ four additions so that one file drives `sft`, `train` and `eval` and recipes sha
 * a key that belongs to another command only (say `beta` while running `sft`) is ignored; a key that belongs
   to no command is an error with a did-you-mean hint, so typos do not pass silently.
 
-Precedence, lowest first: the dataclass defaults, the command's defaults (`train`: the paper's `beta: 1.0`),
-CPU-friendly defaults (`bf16: false` without a bf16 GPU, see `cpu_defaults`), shared keys, the command's section,
-the variant, then the overrides (`resolve_recipe`) or the command-line flags (`trl-dynamicpo <command>`, which
-parses with `trl.TrlParser` on top of `recipe_settings`).
+Precedence, lowest first: the dataclass defaults (TRL's for TRL's fields: `beta` is 0.1 unless the recipe says, as
+the paper recipes do, `beta: 1.0`), CPU-friendly defaults (`bf16: false` without a bf16 GPU, see `cpu_defaults`),
+shared keys, the command's section, the variant, then the overrides (`resolve_recipe`) or the command-line flags
+(`trl-dynamicpo <command>`, which parses with `trl.TrlParser` on top of `recipe_settings`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ from .runtime import cpu_defaults
 SECTIONS = ("sft", "train", "eval", "sweep", "quickstart")
 RESERVED = ("env", "variants", *SECTIONS)
 BASE_KEY = "base"
-# Command defaults that differ from the dataclasses' (a recipe key or a flag wins): `train` uses the DynamicPO
-# paper's beta, while `DynamicPOConfig` keeps `DPOConfig`'s 0.1 so that TRL scripts behave as with TRL.
-COMMAND_DEFAULTS = {"train": {"beta": 1.0}}
 
 Recipe = str | os.PathLike | Mapping[str, Any]
 
@@ -177,7 +174,7 @@ def recipe_settings(
     `dataclass_types` defaults to `command_dataclasses(command)`; `source` names the recipe in error messages.
     """
     dataclass_types = command_dataclasses(command) if dataclass_types is None else dataclass_types
-    settings = {**COMMAND_DEFAULTS.get(command, {}), **cpu_defaults(dataclass_types)}
+    settings = cpu_defaults(dataclass_types)
     if recipe is None:
         return settings
     merged = stage_config(recipe, command, variant, source)
