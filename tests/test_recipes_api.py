@@ -120,3 +120,21 @@ def test_parse_overrides_reads_values_as_yaml():
     # The YAML string "1e-4" still sets a float field.
     assert resolve_recipe({}, "train", overrides=parse_overrides(["learning_rate=1e-4"]))[1].learning_rate == 1e-4
 
+
+
+def test_drop_invalid_rows_is_one_key_for_the_data_and_the_config(tmp_path, capsys):
+    """`train` holds `drop_invalid_rows` twice (`RecDataArguments`: the files' rows; `DynamicPOConfig`: the
+    preference rows): one recipe key, one flag, both set."""
+    path = _write(tmp_path / "r.yaml", {"output_dir": str(tmp_path), "drop_invalid_rows": True})
+    for data, config, _ in (resolve_recipe(path, "train"), parse_command("train", argv=["--config", str(path)])):
+        assert data.drop_invalid_rows is True and config.drop_invalid_rows is True
+    data, config, _ = parse_command("train", argv=["--output_dir", str(tmp_path), "--drop_invalid_rows", "true"])
+    assert data.drop_invalid_rows is True and config.drop_invalid_rows is True
+    data, config, _ = parse_command("train", argv=["--output_dir", str(tmp_path)])
+    assert data.drop_invalid_rows is False and config.drop_invalid_rows is False
+    assert resolve_recipe({}, "sft", overrides={"drop_invalid_rows": True})[0].drop_invalid_rows is True
+    with pytest.raises(SystemExit):
+        parse_command("train", argv=["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.count("--drop-invalid-rows") == 1  # one option (the alias is listed once per option)
+    assert "malformed rows of the data files" in help_text and "certainly data bugs" in help_text

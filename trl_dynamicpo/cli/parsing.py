@@ -91,6 +91,10 @@ def parse_command(
         others = {name for name, owner in shared.items() if owner != i and name in dc.__dataclass_fields__}
         parser_types.append(_without_options(dc, others) if others else dc)
     parser = TrlParser(parser_types, prog=prog or f"trl-dynamicpo {command}")
+    for action in parser._actions:  # the one option of a shared field says what it sets in each dataclass
+        if action.dest in shared and action.option_strings:
+            texts = [f.metadata.get("help") for dc in dataclass_types for f in dataclasses.fields(dc) if f.name == action.dest]
+            action.help = " ".join(dict.fromkeys(text for text in texts if text))
     _make_positional(parser, dataclass_types, positional)
     config_path = pop_option(argv, "--config")
     variant = pop_option(argv, "--variant")

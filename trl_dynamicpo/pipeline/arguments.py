@@ -130,9 +130,13 @@ class RecDataArguments:
             "learn the catalogue (the quickstart and the sweep presets turn it on); a choice to test for real LLMs."
         },
     )
-    skip_bad_rows: bool = field(
+    drop_invalid_rows: bool = field(
         default=False,
-        metadata={"help": "Skip malformed rows (counted in the log) instead of stopping with an error."},
+        metadata={
+            "help": "Drop the malformed rows of the data files (counted in the log, per field) instead of stopping "
+            "with an error naming the file, row and field. For `train` the same key sets DynamicPOConfig's "
+            "`drop_invalid_rows` (the preference rows it finds invalid)."
+        },
     )
     rank_eval_samples: int = field(
         default=0,
