@@ -232,7 +232,7 @@ def recipe(files: dict[str, str], preset: Preset, root: Path, sft_loss: str = "h
     return {
         **files,
         "dataset_name": "lastfm",
-        "candidates": "public",  # the files are written leak-free (or deliberately keep the papers' lists)
+        "candidates": "file",  # the files are written leak-free (or deliberately keep the papers' lists)
         "template": TEMPLATE,
         "separator": preset.separator,
         "history_loss": sft_loss == "history",

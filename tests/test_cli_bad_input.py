@@ -128,7 +128,7 @@ def test_unknown_item_with_a_catalogue_is_counted(slice_data, good_lines, tmp_pa
                json.dumps({**next_row, "itemList": candidates})]  # fmt: skip
     data = _with_bad_line(tmp_path / "val.jsonl", good_lines, *unknown)
     result = _run("eval", "--eval_file", str(data), *_common("eval", slice_data, tmp_path), "--max_eval_samples", "8",
-                  "--candidates", "public", "--batch_size", "4", "--protocol", "ranking", "--baselines", "false",
+                  "--candidates", "file", "--batch_size", "4", "--protocol", "ranking", "--baselines", "false",
                   "--show_progress", "false")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert (

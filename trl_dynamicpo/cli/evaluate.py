@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..pipeline.arguments import CANDIDATE_MODES
 from ..pipeline.evaluate import format_summary, run_eval
 from .parsing import parse_command
 
@@ -16,6 +17,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = PartialState()
     if state.is_main_process:
         print(format_summary(results, f"{results['model']} on {results['dataset']} ({results['split']}, "
-                                      f"{results['candidates']} candidates)"))  # fmt: skip
+                                      f"{CANDIDATE_MODES[results['candidates']]} candidates)"))  # fmt: skip
     state.destroy_process_group()
     return 0

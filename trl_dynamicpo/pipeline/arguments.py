@@ -19,7 +19,8 @@ from ..recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
 from ..variants import VARIANTS
 
 
-CANDIDATE_MODES = ("leak_free", "public")
+# `candidates` values, and how the logs and summaries name them.
+CANDIDATE_MODES = {"leak_free": "leak-free", "file": "file"}
 PROTOCOLS = ("ranking", "generation", "both")
 
 
@@ -84,10 +85,9 @@ class RecDataArguments:
         default="leak_free",
         metadata={
             "help": "Candidate lists: 'leak_free' draws new ones per prompt from the catalogue (seeded by the row, "
-            "never by the target; use it for any number you report), 'public' keeps the lists in the files (the "
-            "public LastFM/Goodreads/Steam lists leak the target; also use 'public' for files you already made "
-            "leak-free with `trl-dynamicpo leak-free`).",
-            "choices": list(CANDIDATE_MODES),
+            "never by the target; use it for any number you report); 'file' keeps the lists in the files as they "
+            "are (for files already made leak-free, e.g. with `trl-dynamicpo leak-free`; on the public "
+            "LastFM/Goodreads/Steam files, whose lists leak the target, only to reproduce the papers)."
         },
     )
     num_candidates: int = field(
@@ -154,8 +154,13 @@ class RecDataArguments:
     )
 
     def __post_init__(self):
+        if self.candidates == "public":
+            raise ValueError(
+                "candidates='public' is now written candidates='file': the lists in the files, as they are. The public "
+                "LastFM/Goodreads/Steam lists leak the target (`trl-dynamicpo leak-check`); 'leak_free' redraws them."
+            )
         if self.candidates not in CANDIDATE_MODES:
-            raise ValueError(f"candidates={self.candidates!r}; choose one of {CANDIDATE_MODES}.")
+            raise ValueError(f"candidates={self.candidates!r}; choose one of {list(CANDIDATE_MODES)}.")
         if self.num_negatives is not None and self.num_negatives == -1:
             self.num_negatives = None
         if self.num_negatives is not None and self.num_negatives < 1:

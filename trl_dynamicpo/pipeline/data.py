@@ -36,7 +36,7 @@ def _subsample(examples: list, count: int | None, seed: int) -> list:
 
 
 def load_rec_data(args: RecDataArguments, need: tuple[str, ...] = ("train", "eval", "test")) -> RecData:
-    """Read the files named by `args` (or the bundled sample), with leak-free candidates unless 'public'.
+    """Read the files named by `args` (or the bundled sample), with leak-free candidates unless `candidates: file`.
 
     Candidate lists are rebuilt on the full file before any subsampling, so a prompt gets the same list whatever
     `max_*_samples` is, and `sft`, `train` and `eval` see the same lists. The catalogue is `items_file`, else the

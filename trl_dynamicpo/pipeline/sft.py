@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .arguments import RecDataArguments
+from .arguments import CANDIDATE_MODES, RecDataArguments
 from .data import load_rec_data, prompt_builder
 from .modeling import load_tokenizer, sft_model_inputs
 from .runtime import setup_logging
@@ -40,7 +40,8 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
     train_dataset = dataset(data.train)
     eval_dataset = dataset(data.eval) if data.eval and training_args.eval_strategy != "no" else None
     rank_callback = rank_eval_callback(data_args, data.eval, builder, tokenizer, training_args.per_device_eval_batch_size)
-    logger.info("SFT on %d prompts (%s candidates, loss on %s), model %s", len(data.train), data_args.candidates,
+    logger.info("SFT on %d prompts (%s candidates, loss on %s), model %s", len(data.train),
+                CANDIDATE_MODES[data_args.candidates],
                 "history items and answer" if data_args.history_loss else "the answer", path)  # fmt: skip
     trainer = train_with_callbacks(
         SFTTrainer,
