@@ -168,6 +168,33 @@ def test_help_and_version(capsys):
     assert main(["no-such-command"]) == 2
 
 
+# One option each command must list in its --help (commands added later are checked for a usage line at least).
+HELP_OPTIONS = {
+    "sft": "--learning_rate", "train": "--beta", "eval": "--protocol", "sweep": "--train_overrides",
+    "quickstart": "--tiny", "leak-free": "--num_candidates", "leak-check": "--similarity",
+}  # fmt: skip
+
+
+def _commands():
+    from trl_dynamicpo.cli.main import COMMANDS
+
+    return list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_alone_prints_the_options_and_exits_0(command, capsys):
+    """`trl-dynamicpo <command> --help` needs no other flag (`sweep` used to ask for --config first)."""
+    from trl_dynamicpo.cli.main import main
+
+    try:
+        code = main([command, "--help"])
+    except SystemExit as exit_info:  # argparse's --help exits; a command with subcommands may return instead
+        code = exit_info.code
+    assert code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("usage: trl-dynamicpo") and HELP_OPTIONS.get(command, "usage") in out
+
+
 def test_yaml_sections_variants_and_flags(tmp_path):
     from trl_dynamicpo.cli.parsing import parse_command
     from trl_dynamicpo.variants import method_name
