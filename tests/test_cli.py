@@ -87,6 +87,7 @@ def pipeline(slice_data, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_pipeline_sft_saves_model_tokenizer_card_and_record(pipeline):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "trainer_state.json"):
         assert (pipeline["sft"] / name).exists(), name
@@ -94,12 +95,14 @@ def test_pipeline_sft_saves_model_tokenizer_card_and_record(pipeline):
     assert record["command"] == "sft" and record["training"]["max_steps"] == 2
 
 
+@pytest.mark.slow
 def test_pipeline_flag_overrides_the_recipe_section(pipeline):
     training = pipeline["record"]["training"]
     assert training["beta"] == 0.5  # the flag, over the section's `beta: 1.0`
     assert training["learning_rate"] == 1e-3 and training["max_steps"] == 2  # the section, over the defaults
 
 
+@pytest.mark.slow
 def test_pipeline_train_record_names_method_data_and_handoff(pipeline):
     record = pipeline["record"]
     assert record["method"] == "DynamicPO (DMPO)"
@@ -107,11 +110,13 @@ def test_pipeline_train_record_names_method_data_and_handoff(pipeline):
     assert "policy and reference" in record["handoff"]
 
 
+@pytest.mark.slow
 def test_pipeline_model_card_names_the_method(pipeline):
     card = (pipeline["dynamicpo"] / "README.md").read_text()
     assert "DynamicPO" in card and "dynamicpo" in card
 
 
+@pytest.mark.slow
 def test_pipeline_first_loss_is_log_2(pipeline):
     """The policy starts as the reference, so every log-ratio is 0 at the first step and the DMPO loss is log 2."""
     losses = [row["loss"] for row in pipeline["history"] if "loss" in row]
@@ -119,6 +124,7 @@ def test_pipeline_first_loss_is_log_2(pipeline):
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_pipeline_logs_dynamicpo_eval_and_ranking_metrics(pipeline):
     history = pipeline["history"]
     assert any("dynamicpo/boundary_negatives" in row for row in history)
@@ -126,10 +132,12 @@ def test_pipeline_logs_dynamicpo_eval_and_ranking_metrics(pipeline):
     assert any("eval_rank_ndcg@5" in row for row in history)  # rank_eval_samples: the RecEvalCallback
 
 
+@pytest.mark.slow
 def test_pipeline_report_to_tensorboard_writes_events(pipeline):
     assert list(pipeline["dynamicpo"].rglob("events.out.tfevents.*")), "report_to=tensorboard wrote no event file"
 
 
+@pytest.mark.slow
 def test_pipeline_eval_reports_both_protocols_on_the_eval_split(pipeline):
     metrics = pipeline["metrics"]
     assert metrics["n"] == EVAL_SAMPLES and metrics["candidates"] == "leak_free" and metrics["split"] == "eval"
@@ -141,18 +149,21 @@ def test_pipeline_eval_reports_both_protocols_on_the_eval_split(pipeline):
     assert 0.0 <= generation["hr@1"] <= generation["valid_ratio"] <= 1.0
 
 
+@pytest.mark.slow
 def test_pipeline_eval_reports_baselines_and_leak_check(pipeline):
     metrics = pipeline["metrics"]
     assert set(metrics["baselines"]) >= {"random", "popularity"} and "hit_rate" in metrics["leak_check"]
     assert "baselines" not in metrics["ranking"] and "baselines" not in metrics["generation"]
 
 
+@pytest.mark.slow
 def test_pipeline_eval_writes_predictions_in_prompt_order(pipeline):
     for protocol in ("ranking", "generation"):
         lines = (pipeline["dynamicpo"] / "eval" / protocol / "predictions.jsonl").read_text().splitlines()
         assert [json.loads(line)["index"] for line in lines] == list(range(EVAL_SAMPLES)), protocol
 
 
+@pytest.mark.slow
 def test_pipeline_eval_prints_a_summary(pipeline):
     assert "ranking     HR@1" in pipeline["eval_stdout"] and "generation  HR@1" in pipeline["eval_stdout"]
 
@@ -240,6 +251,7 @@ def test_leak_tools_are_wired(tmp_path, capsys):
     assert result["n"] == 300 and result["hit_rate"] < 0.2
 
 
+@pytest.mark.slow
 def test_leak_tools_import_no_torch():
     """The data tools parse with the commands' parser (positional files, options anywhere) yet load no torch."""
     from trl_dynamicpo.recsys import sample_path

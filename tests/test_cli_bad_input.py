@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 
+pytestmark = pytest.mark.slow  # the console script in subprocesses
+
+
 BAD_AT = 5  # the bad record's index; the files have no blank line, so it is on line BAD_AT + 1
 GOOD_ROWS = 12
 

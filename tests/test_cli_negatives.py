@@ -20,6 +20,7 @@ def _train_with_negatives(slice_data, tmp_path, mode: str, prompts: int, k: int)
     return data_args, run_train(data_args, training_args, model_args)
 
 
+@pytest.mark.slow
 def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slice_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,6 +41,7 @@ def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slic
         assert [r.strip() for r in rejected] == top
 
 
+@pytest.mark.slow
 def test_generated_negatives_are_the_starting_models_own_wrong_answers(slice_data, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

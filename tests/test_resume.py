@@ -20,6 +20,9 @@ import yaml
 from transformers import TrainerCallback
 
 
+pytestmark = pytest.mark.slow  # trainings, and runs killed in subprocesses
+
+
 STEPS, STOP = 6, 3
 
 

@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 
+pytestmark = pytest.mark.slow  # sweeps in subprocesses
+
+
 TEMPLATE = "History: {history}.\nCandidates: {candidates}."
 
 
