@@ -99,6 +99,32 @@ def slice_data(tmp_path_factory):
     return {"model_name_or_path": str(root / "base"), **files}
 
 
+def four_bit_unavailable() -> str | None:
+    """Why 4-bit bitsandbytes cannot run here, or None when a quantize/dequantize round trip works on the CPU."""
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+    except ImportError as err:
+        return f"bitsandbytes is not installed ({err})"
+    try:
+        weight = torch.randn(64, 64)
+        packed, state = bnbf.quantize_4bit(weight, quant_type="nf4")
+        restored = bnbf.dequantize_4bit(packed, state)
+    except (RuntimeError, NotImplementedError, AttributeError, ValueError) as err:
+        return f"bitsandbytes {getattr(bnbf, '__version__', '')} has no CPU 4-bit kernel here: {err}"
+    if (restored - weight).abs().mean() > 0.2:
+        return "bitsandbytes' CPU NF4 round trip is inaccurate"
+    return None
+
+
+@pytest.fixture(scope="session")
+def four_bit():
+    """Skips the test, with the reason, where 4-bit bitsandbytes cannot run (the QLoRA tests and the paper recipes)."""
+    reason = four_bit_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def full_lastfm() -> Path:
     """The folder of the full LastFM split (`train.jsonl.gz`, `val.jsonl.gz`, `items.txt`).

@@ -21,31 +21,6 @@ BLOCKSIZE = 64  # bitsandbytes' default 4-bit quantization block
 PACK_ROWS = 32  # output rows per block of the packed CPU layout
 
 
-def _four_bit_unavailable() -> str | None:
-    """Why 4-bit bitsandbytes cannot run here, or None when a quantize/dequantize round trip works on the CPU."""
-    try:
-        import bitsandbytes.functional as bnbf
-        import torch
-    except ImportError as err:
-        return f"bitsandbytes is not installed ({err})"
-    try:
-        weight = torch.randn(64, 64)
-        packed, state = bnbf.quantize_4bit(weight, quant_type="nf4")
-        restored = bnbf.dequantize_4bit(packed, state)
-    except (RuntimeError, NotImplementedError, AttributeError, ValueError) as err:
-        return f"bitsandbytes {getattr(bnbf, '__version__', '')} has no CPU 4-bit kernel here: {err}"
-    if (restored - weight).abs().mean() > 0.2:
-        return "bitsandbytes' CPU NF4 round trip is inaccurate"
-    return None
-
-
-@pytest.fixture(scope="module")
-def four_bit():
-    reason = _four_bit_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def qlora_data(slice_data, tmp_path_factory):
     """`slice_data` with a base model whose linear layers have real 4-bit widths (64 wide, 32-row KV projections)."""

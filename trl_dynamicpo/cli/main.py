@@ -27,6 +27,7 @@ COMMANDS = {
     "quickstart": ("trl_dynamicpo.cli.quickstart", "main", "offline CPU demo: tiny model, SFT, DynamicPO, eval"),
     "leak-free": ("trl_dynamicpo.cli.leak_tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
     "leak-check": ("trl_dynamicpo.cli.leak_tools", "main_leak_check", "measure how much candidate lists leak"),
+    "data": ("trl_dynamicpo.cli.data_build", "main", "build a recipe's data files from LLaRA's raw files (data build)"),
 }
 
 USAGE = """usage: trl-dynamicpo <command> [--config recipe.yaml] [--variant NAME] [--flag value ...]
@@ -44,6 +45,7 @@ examples:
   trl-dynamicpo sweep --config recipes/lastfm/llama3_8b_qlora.yaml --ks 1 5 15 --objectives dmpo --seeds 0 1 2
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m trl_dynamicpo train --config ...
   trl-dynamicpo leak-free train.json train.leak_free.jsonl.gz --catalogue items.txt
+  trl-dynamicpo data build lastfm --raw raw/lastfm --out data/lastfm      # the recipes' data from LLaRA's files
 
 `trl-dynamicpo <command> --help` lists every option (TRL's SFTConfig / DynamicPOConfig / ModelConfig fields
 plus the recommendation-data ones).
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage(), file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[command]
-    if command in ("leak-free", "leak-check") and int(os.environ.get("RANK", "0")) != 0:
+    if command in ("leak-free", "leak-check", "data") and int(os.environ.get("RANK", "0")) != 0:
         return 0  # launched on several processes: one of them does the (single-process) data work
     result = getattr(import_module(module), function)(rest)
     return int(result or 0)

@@ -10,6 +10,10 @@ Modules:
 - `baselines`: random, popularity and transition baselines, `baseline_metrics`.
 - `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`, `read_hits` (per-prompt hits).
 - `sample`: the bundled LastFM sample (`load_sample`, `sample_path`, `build_sample`).
+- `safe_pickle`: `load_dataframe_pickle`, `pickle_globals`, `UnsafePickleError` (a pickle is not trusted).
+- `raw`: LLaRA's raw split tables and catalogues, `read_raw_table`, `read_raw_catalogue`, `NAME_RULES`.
+- `build`: `build_dataset` (the recipes' data files and their manifest; `trl-dynamicpo data build`).
+- `download`: `download_raw` (LLaRA's Hub dataset and S-DPO's published JSON; needs network).
 
 Names are imported lazily, so `import trl_dynamicpo.recsys` does not load torch or transformers.
 """
@@ -29,6 +33,7 @@ _LAZY = {
     "make_leak_free_file": "candidates",
     "leak_check": "candidates",
     "catalogue_from_examples": "candidates",
+    "sdpo_candidates": "candidates",
     "PromptBuilder": "prompts",
     "TEMPLATES": "prompts",
     "ANSWER_CUE": "prompts",
@@ -59,6 +64,17 @@ _LAZY = {
     "find_data_dir": "sample",
     "DATA_ENV": "sample",
     "write_sample_slice": "sample",
+    "load_dataframe_pickle": "safe_pickle",
+    "pickle_globals": "safe_pickle",
+    "UnsafePickleError": "safe_pickle",
+    "read_raw_table": "raw",
+    "read_raw_catalogue": "raw",
+    "NAME_RULES": "raw",
+    "build_dataset": "build",
+    "find_split_sources": "build",
+    "RawFileMismatch": "build",
+    "PUBLISHED_SHA256": "build",
+    "download_raw": "download",
 }
 
 __all__ = [
@@ -72,6 +88,7 @@ __all__ = [
     "make_leak_free_file",
     "leak_check",
     "catalogue_from_examples",
+    "sdpo_candidates",
     "PromptBuilder",
     "TEMPLATES",
     "ANSWER_CUE",
@@ -102,11 +119,30 @@ __all__ = [
     "find_data_dir",
     "DATA_ENV",
     "write_sample_slice",
+    "load_dataframe_pickle",
+    "pickle_globals",
+    "UnsafePickleError",
+    "read_raw_table",
+    "read_raw_catalogue",
+    "NAME_RULES",
+    "build_dataset",
+    "find_split_sources",
+    "RawFileMismatch",
+    "PUBLISHED_SHA256",
+    "download_raw",
 ]
 
 if TYPE_CHECKING:
     from .baselines import baseline_metrics, item_counts, popularity_baseline, random_baseline, transition_baseline
-    from .candidates import catalogue_from_examples, leak_check, leak_free_candidates, make_leak_free_file
+    from .build import PUBLISHED_SHA256, RawFileMismatch, build_dataset, find_split_sources
+    from .candidates import (
+        catalogue_from_examples,
+        leak_check,
+        leak_free_candidates,
+        make_leak_free_file,
+        sdpo_candidates,
+    )
+    from .download import download_raw
     from .evaluation import (
         RecEvalCallback,
         evaluate_generation,
@@ -118,7 +154,9 @@ if TYPE_CHECKING:
     )
     from .metrics import generation_metrics, parse_answer, ranking_metrics, target_ranks
     from .prompts import ANSWER_CUE, COMPACT_TEMPLATE, TEMPLATES, PromptBuilder
+    from .raw import NAME_RULES, read_raw_catalogue, read_raw_table
     from .readers import RecDataError, RecExample, read_catalogue, read_examples, split_history, write_examples
+    from .safe_pickle import UnsafePickleError, load_dataframe_pickle, pickle_globals
     from .sample import (
         DATA_ENV,
         build_sample,

@@ -1,4 +1,4 @@
-"""Leak-free candidate lists, and the candidate-list lookup that measures the leak of the public ones.
+"""Leak-free candidate lists, the public (S-DPO) rule, and the candidate-list lookup that measures its leak.
 
 The public LLaRA / S-DPO / DynamicPO files draw each prompt's 19 negatives with Python's generator seeded by the
 target's id, so a candidate list is (almost) a function of its target: finding the training prompt with the most
@@ -11,12 +11,16 @@ seed make it per prompt; the history key is mixed in so that two files built wit
 validation file both start at row 0) do not give their i-th prompts the same negatives - which would let a model
 spot the target of a validation prompt as the one candidate that differs from training prompt i's list. The
 target never enters the seed; it is inserted at a slot drawn from the same stream.
+
+`sdpo_candidates` is the public rule itself, to rebuild the papers' files from LLaRA's raw tables
+(`trl-dynamicpo data build --candidates papers`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +82,53 @@ def leak_free_candidates(
         negatives.insert(int(rng.integers(0, num_candidates)), ex.target)
         out.append(RecExample(history=list(ex.history), candidates=negatives, target=ex.target))
     return out
+
+
+def sdpo_candidates(
+    history: Iterable[Hashable],
+    target: Hashable,
+    population: Sequence[Hashable],
+    num_candidates: int = NUM_CANDIDATES,
+    *,
+    positions: Mapping[Hashable, int] | None = None,
+) -> list:
+    """The candidate list S-DPO's data code draws (the rule behind the public lists, which leak the target).
+
+    `random.seed(target); random.sample(the population without the history and the target, num_candidates - 1)`
+    plus the target, then `random.seed(target); random.shuffle`, with Python's `random` module, the population in
+    catalogue order (LLaRA's item ids in `id2name.txt` order). The sample is drawn over positions, which is what
+    `random.sample` does with any sequence, so the list of eligible items is never built. With LLaRA's raw LastFM
+    training table this gives the 47,872 public prompts exactly. (S-DPO seeds so for LastFM and Goodreads; its
+    Steam and MovieLens code draws unseeded, so no rule reproduces those lists.)
+
+    Args:
+        history: the prompt's history items (excluded from the negatives).
+        target: the target item; also the seed, so it must be an int, str or bytes (LLaRA's integer ids).
+        population: every item, in catalogue order.
+        num_candidates: list length, the target included.
+        positions: item -> position in `population`, when the caller draws many lists from one population.
+
+    Raises:
+        ValueError: when fewer than `num_candidates - 1` items remain outside the history and the target.
+    """
+    position = positions if positions is not None else {item: i for i, item in enumerate(population)}
+    excluded = sorted({position[item] for item in (*history, target) if item in position})
+    eligible = len(population) - len(excluded)
+    if eligible < num_candidates - 1:
+        raise ValueError(f"{eligible} items outside the history and target, fewer than the {num_candidates - 1} needed")
+    generator = random.Random(target)
+    picks = generator.sample(range(eligible), num_candidates - 1)
+    # Position j among the eligible items -> position in the population: skip the excluded ones at or before it.
+    chosen = []
+    for j in picks:
+        for skipped in excluded:
+            if skipped > j:
+                break
+            j += 1
+        chosen.append(population[j])
+    chosen.append(target)
+    random.Random(target).shuffle(chosen)
+    return chosen
 
 
 def catalogue_from_examples(examples: Iterable[RecExample]) -> list[str]:
