@@ -16,12 +16,10 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-from ..variants import OBJECTIVE_NAMES
-
 
 COMMANDS = {
     "sft": ("trl_dynamicpo.cli.sft", "main", "supervised fine-tuning on (prompt, target item)"),
-    "train": ("trl_dynamicpo.cli.train", "main", f"DynamicPO / {' / '.join(OBJECTIVE_NAMES.values())} preference training"),
+    "train": ("trl_dynamicpo.cli.train", "main", "DynamicPO / DMPO / S-DPO / MPPO preference training"),
     "eval": ("trl_dynamicpo.cli.evaluate", "main", "ranking (HR@k, NDCG@k) and generation (HR@1, ValidRatio)"),
     "sweep": ("trl_dynamicpo.cli.sweep", "main", "K x objective x variant grid with seeds, paired statistics, plots"),
     "quickstart": ("trl_dynamicpo.cli.quickstart", "main", "offline CPU demo: tiny model, SFT, DynamicPO, eval"),
