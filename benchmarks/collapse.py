@@ -236,7 +236,7 @@ def recipe(files: dict[str, str], preset: Preset, root: Path, sft_loss: str = "h
     return {
         **files,
         "dataset_name": "lastfm",
-        "candidates": "public",  # the files are written leak-free (or deliberately keep the papers' lists)
+        "candidates": "file",  # the files are written leak-free (or deliberately keep the papers' lists)
         "template": TEMPLATE,
         "separator": preset.separator,
         "history_loss": sft_loss == "history",
@@ -288,7 +288,7 @@ def po_steps(preset: Preset) -> int:
 
 
 def sweep_arguments(preset: Preset, sweep_dir: Path, args, heldout: str | None = None):
-    from trl_dynamicpo.cli.sweep import SweepArguments
+    from trl_dynamicpo.sweep import SweepArguments
 
     def pick(name):
         value = getattr(args, name)
@@ -307,7 +307,7 @@ def sweep_arguments(preset: Preset, sweep_dir: Path, args, heldout: str | None =
         extra_seeds=[] if overridden else list(preset.extra_seeds),
         extra_seed_ks=[] if overridden else list(preset.extra_seed_ks),
         eval_files=[*([heldout] if heldout and not args.no_heldout_eval else []), *args.eval_file],
-        train_args=args.train_args,
+        train_overrides=args.train_overrides,
         keep_models=False,
         title=f"Collapse benchmark, preset {args.preset} ({args.candidates} candidates)",
     )
@@ -336,7 +336,8 @@ def parse_args(argv=None):
     parser.add_argument("--sft-loss", nargs="+", choices=sorted(SFT_LOSSES), default=None,
                         help="Override the preset's SFT losses: 'history' (history items + answer) and/or 'answer' "
                         "(the answer only, as the papers); one sweep each.")  # fmt: skip
-    parser.add_argument("--train-args", default="", help="Extra `train` flags for every run, one string.")
+    parser.add_argument("--train-overrides", nargs="*", default=[],
+                        help="Recipe keys set for every `train` run, KEY=VALUE each (learning_rate=1e-3).")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--fresh", action="store_true", help="Delete the preset's SFT model and this sweep's runs.")
     return parser.parse_args(argv)
@@ -384,7 +385,7 @@ def run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name,
     import torch
     import yaml
 
-    from trl_dynamicpo.cli.sweep import run_sweep
+    from trl_dynamicpo.sweep import run_sweep
 
     sft_dir = root / f"sft-{sft_loss}"
     sweep_dir = root / "sweeps" / name
@@ -411,8 +412,8 @@ def run_one(args, preset, files, heldout, data_info, root, base, sft_loss, name,
         f"runs: {length} x {preset.po_batch} prompts from the SFT model, lr {preset.po_lr} "
         f"({preset.po_scheduler}), beta {preset.beta}, on {preset.po_prompts or 'all'} of the SFT prompts.",
     ]
-    if args.train_args:
-        notes.append(f"Every run adds: `{args.train_args}`.")
+    if args.train_overrides:
+        notes.append(f"Every run adds: `{' '.join(args.train_overrides)}`.")
     out = run_sweep(sweep_args, str(recipe_path), notes)
     sft_info = sft_dir / "sweep_sft.json"
     meta = {

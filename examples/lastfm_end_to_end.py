@@ -1,4 +1,4 @@
-"""LastFM end to end with the CLI's building blocks: SFT -> DynamicPO (and, optionally, the DMPO baseline) -> ranking
+"""LastFM end to end with the pipeline's Python API: SFT -> DynamicPO (and, optionally, the DMPO baseline) -> ranking
 and generation evaluation, with leak-free candidate lists.
 
     python examples/lastfm_end_to_end.py                                   # bundled sample, small model, CPU
@@ -9,9 +9,10 @@ and generation evaluation, with leak-free candidate lists.
 catalogue `items.txt` (or S-DPO's `id2name.txt`), `id::name` per line. Without `--model_name_or_path` a small
 model is built for the data (every item one token), as in `trl-dynamicpo quickstart`.
 
-Every stage is an ordinary CLI command: the script writes `<output_dir>/recipe.yaml` and runs
-`trl-dynamicpo sft|train|eval --config <output_dir>/recipe.yaml` in this process; add `--launch` to print the
-commands instead (to run them yourself, e.g. under `accelerate launch`).
+Every stage is what the CLI command runs: the script writes `<output_dir>/recipe.yaml` and calls
+`run_sft` / `run_train` / `run_eval` on `resolve_recipe(recipe, command, variant, overrides)`, in this process,
+as `trl-dynamicpo sft|train|eval --config <output_dir>/recipe.yaml` would; add `--launch` to print those commands
+instead (to run them yourself, e.g. under `accelerate launch`).
 """
 
 import argparse
@@ -20,7 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from trl_dynamicpo.cli.main import main as cli
+from trl_dynamicpo.pipeline import resolve_recipe, run_eval, run_sft, run_train
+
+
+RUN = {"sft": run_sft, "train": run_train, "eval": run_eval}
 
 
 def find(data_dir: Path, *patterns: str) -> str | None:
@@ -63,8 +67,7 @@ def main():
 
     model = args.model_name_or_path
     if model is None:
-        from trl_dynamicpo.cli.arguments import RecDataArguments
-        from trl_dynamicpo.cli.data import load_rec_data
+        from trl_dynamicpo.pipeline import RecDataArguments, load_rec_data
         from trl_dynamicpo.recsys import PromptBuilder, read_catalogue
         from trl_dynamicpo.tiny import build_recommender_lm
 
@@ -108,20 +111,22 @@ def main():
     config = out / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
 
-    commands = [
-        ["sft", "--config", str(config)],
-        ["eval", "--config", str(config), "--model_name_or_path", str(out / "sft"), "--protocol", "ranking"],
-        ["train", "--config", str(config)],
-        ["eval", "--config", str(config)],
+    # (command, variant, overrides): the CLI's `--config recipe.yaml [--variant NAME] [--key value ...]`
+    stages = [
+        ("sft", None, {}),
+        ("eval", None, {"model_name_or_path": str(out / "sft"), "protocol": "ranking"}),
+        ("train", None, {}),
+        ("eval", None, {}),
     ]
     if args.compare_dmpo:
-        commands += [["train", "--config", str(config), "--variant", "dmpo_plain"], ["eval", "--config", str(config), "--variant", "dmpo_plain"]]
+        stages += [("train", "dmpo_plain", {}), ("eval", "dmpo_plain", {})]
+    for command, variant, overrides in stages:
+        flags = [*(["--variant", variant] if variant else []), *(f"--{k} {v}" for k, v in overrides.items())]
+        print(" ".join(["trl-dynamicpo", command, "--config", str(config), *flags]), flush=True)
+        if not args.launch:
+            RUN[command](*resolve_recipe(config, command, variant, overrides))
     if args.launch:
-        print("\n".join("trl-dynamicpo " + " ".join(c) for c in commands))
         return
-    for command in commands:
-        print("\n$ trl-dynamicpo " + " ".join(command), flush=True)
-        cli(command)
 
     print("\nranking on the validation prompts (leak-free candidates):")
     for name, folder in [("SFT", "sft"), ("DynamicPO", "dynamicpo")] + ([("DMPO", "dmpo")] if args.compare_dmpo else []):

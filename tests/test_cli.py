@@ -87,6 +87,7 @@ def pipeline(slice_data, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_pipeline_sft_saves_model_tokenizer_card_and_record(pipeline):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "trainer_state.json"):
         assert (pipeline["sft"] / name).exists(), name
@@ -94,12 +95,14 @@ def test_pipeline_sft_saves_model_tokenizer_card_and_record(pipeline):
     assert record["command"] == "sft" and record["training"]["max_steps"] == 2
 
 
+@pytest.mark.slow
 def test_pipeline_flag_overrides_the_recipe_section(pipeline):
     training = pipeline["record"]["training"]
     assert training["beta"] == 0.5  # the flag, over the section's `beta: 1.0`
     assert training["learning_rate"] == 1e-3 and training["max_steps"] == 2  # the section, over the defaults
 
 
+@pytest.mark.slow
 def test_pipeline_train_record_names_method_data_and_handoff(pipeline):
     record = pipeline["record"]
     assert record["method"] == "DynamicPO (DMPO)"
@@ -107,11 +110,13 @@ def test_pipeline_train_record_names_method_data_and_handoff(pipeline):
     assert "policy and reference" in record["handoff"]
 
 
+@pytest.mark.slow
 def test_pipeline_model_card_names_the_method(pipeline):
     card = (pipeline["dynamicpo"] / "README.md").read_text()
     assert "DynamicPO" in card and "dynamicpo" in card
 
 
+@pytest.mark.slow
 def test_pipeline_first_loss_is_log_2(pipeline):
     """The policy starts as the reference, so every log-ratio is 0 at the first step and the DMPO loss is log 2."""
     losses = [row["loss"] for row in pipeline["history"] if "loss" in row]
@@ -119,6 +124,7 @@ def test_pipeline_first_loss_is_log_2(pipeline):
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_pipeline_logs_dynamicpo_eval_and_ranking_metrics(pipeline):
     history = pipeline["history"]
     assert any("dynamicpo/boundary_negatives" in row for row in history)
@@ -126,10 +132,12 @@ def test_pipeline_logs_dynamicpo_eval_and_ranking_metrics(pipeline):
     assert any("eval_rank_ndcg@5" in row for row in history)  # rank_eval_samples: the RecEvalCallback
 
 
+@pytest.mark.slow
 def test_pipeline_report_to_tensorboard_writes_events(pipeline):
     assert list(pipeline["dynamicpo"].rglob("events.out.tfevents.*")), "report_to=tensorboard wrote no event file"
 
 
+@pytest.mark.slow
 def test_pipeline_eval_reports_both_protocols_on_the_eval_split(pipeline):
     metrics = pipeline["metrics"]
     assert metrics["n"] == EVAL_SAMPLES and metrics["candidates"] == "leak_free" and metrics["split"] == "eval"
@@ -141,18 +149,21 @@ def test_pipeline_eval_reports_both_protocols_on_the_eval_split(pipeline):
     assert 0.0 <= generation["hr@1"] <= generation["valid_ratio"] <= 1.0
 
 
+@pytest.mark.slow
 def test_pipeline_eval_reports_baselines_and_leak_check(pipeline):
     metrics = pipeline["metrics"]
     assert set(metrics["baselines"]) >= {"random", "popularity"} and "hit_rate" in metrics["leak_check"]
     assert "baselines" not in metrics["ranking"] and "baselines" not in metrics["generation"]
 
 
+@pytest.mark.slow
 def test_pipeline_eval_writes_predictions_in_prompt_order(pipeline):
     for protocol in ("ranking", "generation"):
         lines = (pipeline["dynamicpo"] / "eval" / protocol / "predictions.jsonl").read_text().splitlines()
         assert [json.loads(line)["index"] for line in lines] == list(range(EVAL_SAMPLES)), protocol
 
 
+@pytest.mark.slow
 def test_pipeline_eval_prints_a_summary(pipeline):
     assert "ranking     HR@1" in pipeline["eval_stdout"] and "generation  HR@1" in pipeline["eval_stdout"]
 
@@ -168,37 +179,63 @@ def test_help_and_version(capsys):
     assert main(["no-such-command"]) == 2
 
 
+# One option each command must list in its --help (commands added later are checked for a usage line at least).
+HELP_OPTIONS = {
+    "sft": "--learning_rate", "train": "--beta", "eval": "--protocol", "sweep": "--train_overrides",
+    "quickstart": "--tiny", "leak-free": "--num_candidates", "leak-check": "--similarity",
+}  # fmt: skip
+
+
+def _commands():
+    from trl_dynamicpo.cli.main import COMMANDS
+
+    return list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_alone_prints_the_options_and_exits_0(command, capsys):
+    """`trl-dynamicpo <command> --help` needs no other flag (`sweep` used to ask for --config first)."""
+    from trl_dynamicpo.cli.main import main
+
+    try:
+        code = main([command, "--help"])
+    except SystemExit as exit_info:  # argparse's --help exits; a command with subcommands may return instead
+        code = exit_info.code
+    assert code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("usage: trl-dynamicpo") and HELP_OPTIONS.get(command, "usage") in out
+
+
 def test_yaml_sections_variants_and_flags(tmp_path):
-    from trl_dynamicpo.cli import evaluate, sft, train
     from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.variants import method_name
 
     config = write_yaml(tmp_path / "r.yaml", {**tiny_recipe("base-path", tmp_path), "learning_rate": 5e-5})
-    data, args, model = parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+    data, args, model = parse_command("sft", argv=["--config", str(config)])
     assert model.model_name_or_path == "base-path" and args.learning_rate == 1e-3 and not args.bf16
     assert data.num_negatives == 3 and data.candidates == "leak_free"
-    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--max_steps", "7"])
+    data, args, model = parse_command("train", argv=["--config", str(config), "--max_steps", "7"])
     assert model.model_name_or_path == str(tmp_path / "sft") and args.max_steps == 7 and args.beta == 1.0
     assert args.boundary_selection and args.dynamic_beta
-    data, args, model = parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
+    data, args, model = parse_command("train", argv=["--config", str(config), "--variant", "dmpo_plain"])
     assert not args.boundary_selection and not args.dynamic_beta and args.output_dir == str(tmp_path / "dmpo")
-    assert train.method_name(args) == "DMPO"
-    _, eval_args, model = parse_command("eval", evaluate.dataclass_types(), ["--config", str(config), "--variant=dmpo_plain"])
+    assert method_name(args) == "DMPO"
+    _, eval_args, model = parse_command("eval", argv=["--config", str(config), "--variant=dmpo_plain"])
     assert model.model_name_or_path == str(tmp_path / "dmpo") and eval_args.output_dir is None
     # num_negatives -1 means every non-target candidate.
-    data, *_ = parse_command("train", train.dataclass_types(), ["--config", str(config), "--num_negatives", "-1"])
+    data, *_ = parse_command("train", argv=["--config", str(config), "--num_negatives", "-1"])
     assert data.num_negatives is None
 
 
 def test_unknown_key_is_an_error(tmp_path):
-    from trl_dynamicpo.cli import sft, train
     from trl_dynamicpo.cli.parsing import parse_command
 
     config = write_yaml(tmp_path / "r.yaml", {"model_name_or_path": "x", "learnig_rate": 1e-4})
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
-        parse_command("sft", sft.dataclass_types(), ["--config", str(config)])
+        parse_command("sft", argv=["--config", str(config)])
     config = write_yaml(tmp_path / "v.yaml", {"model_name_or_path": "x"})
     with pytest.raises(ValueError, match="no variant"):
-        parse_command("train", train.dataclass_types(), ["--config", str(config), "--variant", "dmpo_plain"])
+        parse_command("train", argv=["--config", str(config), "--variant", "dmpo_plain"])
 
 
 def test_leak_tools_are_wired(tmp_path, capsys):
@@ -214,6 +251,7 @@ def test_leak_tools_are_wired(tmp_path, capsys):
     assert result["n"] == 300 and result["hit_rate"] < 0.2
 
 
+@pytest.mark.slow
 def test_leak_tools_import_no_torch():
     """The data tools parse with the commands' parser (positional files, options anywhere) yet load no torch."""
     from trl_dynamicpo.recsys import sample_path
@@ -222,24 +260,6 @@ def test_leak_tools_import_no_torch():
             f"main(['leak-check', {str(sample_path('train'))!r}, '--seed', '1', {str(sample_path('val'))!r}]); "
             "assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
     run_cli(sys.executable, "-c", code)
-
-
-def test_resolve_resume(tmp_path):
-    from types import SimpleNamespace
-
-    from trl_dynamicpo.cli.common import resolve_resume
-
-    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
-    assert resolve_resume(args) is None  # nothing to resume yet: start from scratch
-    for step in (2, 10):  # complete checkpoints: trainer_state.json (written last) at their step
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    assert resolve_resume(args) == str(tmp_path / "checkpoint-10")
-    args.resume_from_checkpoint = None
-    assert resolve_resume(args) is None
-    args.resume_from_checkpoint = str(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError):
-        resolve_resume(args)
 
 
 def test_compact_cpu_head_gives_the_same_logprobs_and_is_scoped():

@@ -1,7 +1,7 @@
 """Bad rows in a LLaRA / S-DPO file, end to end through the `trl-dynamicpo` console script.
 
 Each kind of bad row stops `sft`, `train` or `eval` (before any model is loaded) with an error naming the file, the
-row (0-based record index), its line and the field; `--skip_bad_rows true` skips them and logs how many, per field.
+row (0-based record index), its line and the field; `--drop_invalid_rows true` skips them and logs how many, per field.
 A name outside the catalogue (the public LastFM validation file's "Plus 44") is no error: the row is kept and the
 log counts such rows, with examples. Nothing is dropped without a count in the log.
 """
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+
+pytestmark = pytest.mark.slow  # the console script in subprocesses
 
 
 BAD_AT = 5  # the bad record's index; the files have no blank line, so it is on line BAD_AT + 1
@@ -128,7 +131,7 @@ def test_unknown_item_with_a_catalogue_is_counted(slice_data, good_lines, tmp_pa
                json.dumps({**next_row, "itemList": candidates})]  # fmt: skip
     data = _with_bad_line(tmp_path / "val.jsonl", good_lines, *unknown)
     result = _run("eval", "--eval_file", str(data), *_common("eval", slice_data, tmp_path), "--max_eval_samples", "8",
-                  "--candidates", "public", "--batch_size", "4", "--protocol", "ranking", "--baselines", "false",
+                  "--candidates", "file", "--batch_size", "4", "--protocol", "ranking", "--baselines", "false",
                   "--show_progress", "false")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert (
@@ -140,12 +143,12 @@ def test_unknown_item_with_a_catalogue_is_counted(slice_data, good_lines, tmp_pa
     assert metrics["ranking"]["n"] == 8  # rows 5 and 6 (the unknown names) among them
 
 
-def test_skip_bad_rows_counts_every_kind(slice_data, good_lines, tmp_path):
-    """`--skip_bad_rows true` on a file with one row of each kind: the run trains on the others and the log says
+def test_drop_invalid_rows_counts_every_kind(slice_data, good_lines, tmp_path):
+    """`--drop_invalid_rows true` on a file with one row of each kind: the run trains on the others and the log says
     how many were skipped, per field, and which was first."""
     bad = [_bad_row(kind, _good(good_lines, i)) for i, kind in enumerate(KINDS)]
     data = _with_bad_line(tmp_path / "train.jsonl", good_lines, *bad)
-    result = _run("train", "--train_file", str(data), *_common("train", slice_data, tmp_path), "--skip_bad_rows", "true",
+    result = _run("train", "--train_file", str(data), *_common("train", slice_data, tmp_path), "--drop_invalid_rows", "true",
                   "--num_negatives", "3", "--per_device_train_batch_size", "4", "--max_steps", "1",
                   "--save_strategy", "no", "--bf16", "false", "--disable_tqdm", "true")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

@@ -8,22 +8,23 @@ import pytest
 
 def _train_with_negatives(slice_data, tmp_path, mode: str, prompts: int, k: int):
     """`trl-dynamicpo train --negatives MODE` for one step on the slice; returns the args and the trainer."""
-    from trl_dynamicpo.cli import train
     from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.pipeline import run_train
 
     flags = ["--model_name_or_path", slice_data["model_name_or_path"], "--train_file", slice_data["train_file"],
              "--eval_file", slice_data["eval_file"], "--items_file", slice_data["items_file"],
              "--max_train_samples", str(prompts), "--num_negatives", str(k), "--negatives", mode, "--max_steps", "1",
              "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
              "--save_strategy", "no", "--disable_tqdm", "true", "--gradient_checkpointing", "false"]  # fmt: skip
-    data_args, training_args, model_args = parse_command("train", train.dataclass_types(), flags)
-    return data_args, train.run_train(data_args, training_args, model_args)
+    data_args, training_args, model_args = parse_command("train", argv=flags)
+    return data_args, run_train(data_args, training_args, model_args)
 
 
+@pytest.mark.slow
 def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slice_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_dynamicpo.cli.data import load_rec_data, prompt_builder
+    from trl_dynamicpo.pipeline import load_rec_data, prompt_builder
     from trl_dynamicpo.recsys import evaluate_ranking
 
     data_args, trainer = _train_with_negatives(slice_data, tmp_path, "hard", prompts=6, k=3)
@@ -40,11 +41,12 @@ def test_hard_negatives_are_the_starting_models_top_ranked_wrong_candidates(slic
         assert [r.strip() for r in rejected] == top
 
 
+@pytest.mark.slow
 def test_generated_negatives_are_the_starting_models_own_wrong_answers(slice_data, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_dynamicpo.cli.data import load_rec_data, prompt_builder
+    from trl_dynamicpo.pipeline import load_rec_data, prompt_builder
 
     data_args, trainer = _train_with_negatives(slice_data, tmp_path, "generated", prompts=4, k=2)
 
@@ -64,8 +66,8 @@ def test_generated_negatives_are_the_starting_models_own_wrong_answers(slice_dat
 
 
 def test_negative_modes_are_checked():
-    from trl_dynamicpo.cli.arguments import RecDataArguments
     from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.pipeline import RecDataArguments
 
     with pytest.raises(SystemExit):
         parse_command("train", (RecDataArguments,), ["--negatives", "hardest"])

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import yaml
 
 
+@pytest.mark.slow
 def test_quickstart_tiny(tmp_path, capsys):
     from trl_dynamicpo.cli.main import main
 

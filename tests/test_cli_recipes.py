@@ -1,4 +1,4 @@
-"""Every file under recipes/ parses (YAML; TrlParser for the training recipes; accelerate's loader for the
+"""Every file under recipes/ parses (YAML; `resolve_recipe` for the training recipes; accelerate's loader for the
 accelerate configs), names the command that runs it, and is listed in recipes/README.md; recipes built on a
 `base:` resolve to the settings recorded in tests/data/resolved_recipes.json."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_dynamicpo.cli.parsing import load_recipe
+from trl_dynamicpo.pipeline import load_recipe, resolve_recipe
 from trl_dynamicpo.variants import OBJECTIVE_NAMES, VARIANTS
 
 
@@ -55,38 +55,37 @@ def test_accelerate_config(path):
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: _rel(p))
 def test_training_recipe_parses(path):
-    from trl_dynamicpo.cli import evaluate, quickstart, sft, train
-    from trl_dynamicpo.cli.arguments import QuickstartArguments
-    from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.pipeline import QuickstartArguments
+    from trl_dynamicpo.pipeline.quickstart import SIZES, _size
 
     recipe = load_recipe(path)
     header = _header(path)
-    config = ["--config", _rel(path), "--bf16", "false"]  # the paper recipes use bf16, which a CPU rejects
+    cpu = {"bf16": False}  # the paper recipes use bf16, which a CPU rejects
     if "quickstart" in recipe:
         assert f"trl-dynamicpo quickstart --config {_rel(path)}" in header
-        (qargs,) = parse_command("quickstart", (QuickstartArguments,), ["--config", _rel(path)])
+        (qargs,) = resolve_recipe(path, "quickstart")
         # The file spells out the quickstart's (full-size) defaults: keep them in sync.
         defaults = QuickstartArguments()
         for key, value in recipe["quickstart"].items():
-            default = quickstart._size(defaults, key) if key in quickstart.SIZES else getattr(defaults, key)
+            default = _size(defaults, key) if key in SIZES else getattr(defaults, key)
             assert getattr(qargs, key) == value == default, key
         return
     for command in ("sft", "train", "eval"):
         assert f"trl_dynamicpo {command} --config {_rel(path)}" in header or (
             f"trl-dynamicpo {command} --config {_rel(path)}" in header
         ), f"{path}: no `{command}` command in the header"
-    data, sft_args, model = parse_command("sft", sft.dataclass_types(), config)
+    data, sft_args, model = resolve_recipe(path, "sft", overrides=cpu)
     assert sft_args.output_dir and model.model_name_or_path
-    data, train_args, model = parse_command("train", train.dataclass_types(), config)
+    data, train_args, model = resolve_recipe(path, "train", overrides=cpu)
     assert model.model_name_or_path == recipe["train"]["model_name_or_path"] == sft_args.output_dir
     assert train_args.boundary_selection and train_args.dynamic_beta
-    _, eval_args, eval_model = parse_command("eval", evaluate.dataclass_types(), ["--config", _rel(path)])
+    _, eval_args, eval_model = resolve_recipe(path, "eval")
     assert eval_model.model_name_or_path == train_args.output_dir
     outputs = {train_args.output_dir}
     for variant in recipe.get("variants", {}):
-        _, variant_args, _ = parse_command("train", train.dataclass_types(), [*config, "--variant", variant])
+        _, variant_args, _ = resolve_recipe(path, "train", variant, overrides=cpu)
         outputs.add(variant_args.output_dir)
-        _, _, variant_model = parse_command("eval", evaluate.dataclass_types(), ["--config", _rel(path), "--variant", variant])
+        _, _, variant_model = resolve_recipe(path, "eval", variant)
         assert variant_model.model_name_or_path == variant_args.output_dir
     assert len(outputs) == 1 + len(recipe.get("variants", {})), "variants must not share an output folder"
 
@@ -124,13 +123,9 @@ def test_recipes_resolve_to_their_recorded_settings():
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: _rel(p))
 def test_variant_names_say_what_they_train(path):
     """`--variant <objective>_<variant>` trains that objective with that setting of the two switches."""
-    from trl_dynamicpo.cli import train
-    from trl_dynamicpo.cli.parsing import parse_command
-
     for name in load_recipe(path).get("variants", {}):
         objective, variant = name.split("_", 1)
-        _, args, _ = parse_command("train", train.dataclass_types(), ["--config", _rel(path), "--bf16", "false",
-                                                                      "--variant", name])  # fmt: skip
+        _, args, _ = resolve_recipe(path, "train", name, overrides={"bf16": False})
         assert args.multi_negative_loss == objective, name
         assert {k: getattr(args, k) for k in VARIANTS[variant].settings()} == VARIANTS[variant].settings(), name
 

@@ -352,8 +352,7 @@ def test_manifest_records_sources_rule_seed_and_version(lastfm_raw, tmp_path):
 
 def test_leak_free_lists_are_the_ones_the_commands_redraw(lastfm_raw, tmp_path):
     """`candidates: leak_free` in a recipe redraws the lists from the file: with the same seed, the same lists."""
-    from trl_dynamicpo.cli.arguments import RecDataArguments
-    from trl_dynamicpo.cli.data import load_rec_data
+    from trl_dynamicpo.pipeline import RecDataArguments, load_rec_data
 
     raw, _ = lastfm_raw
     out = tmp_path / "out"
@@ -361,8 +360,8 @@ def test_leak_free_lists_are_the_ones_the_commands_redraw(lastfm_raw, tmp_path):
     args = RecDataArguments(train_file=str(out / "train.jsonl.gz"), eval_file=str(out / "valid.jsonl.gz"),
                             test_file=str(out / "test.jsonl.gz"), items_file=str(out / "items.txt"))  # fmt: skip
     redrawn = load_rec_data(args)
-    public = RecDataArguments(**{**vars(args), "candidates": "public"})
-    kept = load_rec_data(public)
+    as_written = RecDataArguments(**{**vars(args), "candidates": "file"})
+    kept = load_rec_data(as_written)
     for split in ("train", "eval", "test"):
         assert [ex.candidates for ex in getattr(redrawn, split)] == [ex.candidates for ex in getattr(kept, split)]
     # Leak-free negatives avoid the history and the target.

@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 
+pytestmark = pytest.mark.slow  # torchrun launches
+
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 

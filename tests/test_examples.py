@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 
+pytestmark = pytest.mark.slow  # the examples in subprocesses
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

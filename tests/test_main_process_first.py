@@ -11,7 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import preference_rows
+
+
+pytestmark = pytest.mark.slow  # several processes
 
 
 REPO = Path(__file__).resolve().parents[1]

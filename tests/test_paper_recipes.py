@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from trl_dynamicpo.cli.main import main
-from trl_dynamicpo.cli.parsing import load_recipe, stage_config
+from trl_dynamicpo.pipeline import load_recipe, stage_config
 
 
 pytestmark = pytest.mark.slow
@@ -99,11 +99,11 @@ def _same(recorded, wanted) -> bool:
 
 
 def _check_record(folder: Path, command: str, settings: dict) -> dict:
-    from trl_dynamicpo.cli import sft, train
+    from trl_dynamicpo.pipeline import command_dataclasses
 
     record = json.loads((folder / "trl_dynamicpo_run.json").read_text(encoding="utf-8"))
     assert record["command"] == command
-    dataclass_types = (sft if command == "sft" else train).dataclass_types()
+    dataclass_types = command_dataclasses(command)
     own = {f.name for dc in dataclass_types for f in fields(dc)}
     assert not set(settings) - own, f"{command} ignores recipe keys {sorted(set(settings) - own)}"
     recorded = {**record["data"], **record["model"], **record["training"]}

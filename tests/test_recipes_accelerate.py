@@ -24,6 +24,9 @@ import pytest
 import yaml
 
 
+pytestmark = pytest.mark.slow  # accelerate launches
+
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = REPO / "recipes" / "accelerate"
 STEPS = 3

@@ -121,7 +121,7 @@ def test_bad_rows_name_file_row_line_and_field(tmp_path, bad, field, fragment):
     assert isinstance(info.value, RecDataError)
     assert (info.value.row, info.value.line, info.value.field) == (2, 4, field)
     # Skipped and counted instead: the other rows are kept.
-    assert len(read_examples(path, skip_bad_rows=True)) == 3
+    assert len(read_examples(path, drop_invalid_rows=True)) == 3
 
 
 def test_bad_row_in_json_list_is_numbered_by_element(tmp_path):
@@ -139,7 +139,7 @@ def test_json_list_that_does_not_parse(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("[\n" + json.dumps(row()) + ",\n" + json.dumps(row())[:-5] + "\n]", encoding="utf-8")
     with pytest.raises(ValueError, match=r"broken.json: invalid JSON list at row 1 \(line 3, column \d+\)"):
-        read_examples(path, skip_bad_rows=True)  # a list cannot be resynchronised: the file fails
+        read_examples(path, drop_invalid_rows=True)  # a list cannot be resynchronised: the file fails
     path.write_text(json.dumps([row()]) + " x", encoding="utf-8")
     with pytest.raises(ValueError, match="Extra data"):
         read_examples(path)
@@ -153,11 +153,11 @@ def test_invalid_json_line(tmp_path):
         read_examples(path)
 
 
-def test_skip_bad_rows_logs_count(tmp_path, caplog):
+def test_drop_invalid_rows_logs_count(tmp_path, caplog):
     rows = [row(), row(target="Nope"), row(history=""), row(candidates=("Moby", "Moby", "Björk")), row()]
     path = write_rows(tmp_path / "mixed.jsonl.gz", rows, gz=True)
     with caplog.at_level(logging.WARNING, logger="trl_dynamicpo.recsys.readers"):
-        examples = read_examples(path, skip_bad_rows=True)
+        examples = read_examples(path, drop_invalid_rows=True)
     assert len(examples) == 2
     assert f"{path}: skipped 3 bad row(s) of 5 (trueSelection: 1, historyList: 1, itemList: 1); first: {path}: row 1 " \
            "(line 2), field 'trueSelection'" in caplog.text  # fmt: skip
@@ -183,7 +183,7 @@ def test_unknown_items_are_counted_and_reported(tmp_path, catalogue_file, caplog
     with pytest.raises(RecDataError, match=r"row 1 \(line 2\), field 'historyList': item 'Plus 44' is not in the catalogue"):
         read_examples(path, catalogue=catalogue_file, unknown_items="error")
     with caplog.at_level(logging.WARNING, logger="trl_dynamicpo.recsys.readers"):
-        kept = read_examples(path, catalogue=catalogue_file, unknown_items="error", skip_bad_rows=True)
+        kept = read_examples(path, catalogue=catalogue_file, unknown_items="error", drop_invalid_rows=True)
     assert len(kept) == 2 and "skipped 3 bad row(s) of 5 (historyList: 2, itemList: 1)" in caplog.text
     with pytest.raises(ValueError, match="unknown_items must be 'warn' or 'error'"):
         read_examples(path, unknown_items="skip")

@@ -1,6 +1,6 @@
 """Stopping a run and resuming it gives the same losses and weights as one uninterrupted run.
 
-In process: a `train` run stopped after a checkpoint. Through the console script: `trl-dynamicpo sft` and `train`
+In process (`resolve_recipe` + `run_train`): a `train` run stopped after a checkpoint. Through the console script: `trl-dynamicpo sft` and `train`
 killed with SIGKILL between two checkpoints and started again with `--resume_from_checkpoint true`. A checkpoint
 half-written when the run was killed (its `trainer_state.json`, the file the Trainer writes last, missing or cut
 short) is never the resume point.
@@ -20,6 +20,9 @@ import yaml
 from transformers import TrainerCallback
 
 
+pytestmark = pytest.mark.slow  # trainings, and runs killed in subprocesses
+
+
 STEPS, STOP = 6, 3
 
 
@@ -34,12 +37,11 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
-def _run(config: Path, output_dir: Path, *flags, callbacks=None):
-    from trl_dynamicpo.cli import train
-    from trl_dynamicpo.cli.parsing import parse_command
+def _run(config: Path, output_dir: Path, callbacks=None, **overrides):
+    from trl_dynamicpo.pipeline import resolve_recipe, run_train
 
-    args = parse_command("train", train.dataclass_types(), ["--config", str(config), "--output_dir", str(output_dir), *flags])
-    train.run_train(*args, callbacks=callbacks)
+    args = resolve_recipe(config, "train", overrides={"output_dir": str(output_dir), **overrides})
+    run_train(*args, callbacks=callbacks)
 
 
 def _losses(output_dir: Path) -> dict[int, float]:
@@ -78,8 +80,8 @@ def test_resume_matches_uninterrupted_run(slice_data, tmp_path):
     _run(config, interrupted, callbacks=[StopAfter(STOP)])
     assert (interrupted / f"checkpoint-{STOP}").is_dir()
     assert max(_losses(interrupted)) == STOP
-    # The same command line with `--resume_from_checkpoint true` picks up the newest checkpoint of output_dir.
-    _run(config, interrupted, "--resume_from_checkpoint", "true")
+    # The same call with `resume_from_checkpoint="true"` picks up the newest checkpoint of output_dir.
+    _run(config, interrupted, resume_from_checkpoint="true")
 
     expected, resumed = _losses(full), _losses(interrupted)
     assert sorted(expected) == sorted(resumed) == list(range(1, STEPS + 1))
@@ -215,39 +217,3 @@ def test_killed_run_resumes_to_the_same_end(slice_data, tmp_path, command):
     # The uninterrupted run, in this process.
     assert main([command, "--config", str(config), "--output_dir", str(whole)]) == 0
     _assert_same_end(whole, out)
-
-
-def _checkpoint(folder: Path, step: int, state: str | None = None) -> Path:
-    path = folder / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"weights")
-    if state is not None:
-        (path / "trainer_state.json").write_text(state, encoding="utf-8")
-    return path
-
-
-def test_resolve_resume_skips_half_written_checkpoints(tmp_path, caplog):
-    from types import SimpleNamespace
-
-    from trl_dynamicpo.cli.common import resolve_resume
-
-    complete = _checkpoint(tmp_path, 3, json.dumps({"global_step": 3, "log_history": []}))
-    _checkpoint(tmp_path, 9)  # killed before trainer_state.json
-    _checkpoint(tmp_path, 12, '{"global_step": 12, "log_hi')  # killed while writing it
-    _checkpoint(tmp_path, 15, json.dumps({"global_step": 14}))  # not this folder's state
-    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
-    with caplog.at_level("WARNING", logger="trl_dynamicpo.cli"):
-        assert resolve_resume(args) == str(complete)
-    for step, why in ((15, "trainer_state.json is at step 14"), (12, "unreadable trainer_state.json"),
-                      (9, "no trainer_state.json")):  # fmt: skip
-        assert f"Not resuming from {tmp_path / f'checkpoint-{step}'}: {why}" in caplog.text
-    # A path given explicitly must be a complete checkpoint.
-    args.resume_from_checkpoint = str(tmp_path / "checkpoint-12")
-    with pytest.raises(ValueError, match=r"checkpoint-12' is not a complete checkpoint: unreadable trainer_state"):
-        resolve_resume(args)
-    args.resume_from_checkpoint = str(complete)
-    assert resolve_resume(args) == str(complete)
-    # Only half-written checkpoints: start from scratch.
-    shutil.rmtree(complete)
-    args.resume_from_checkpoint = "last"
-    assert resolve_resume(args) is None

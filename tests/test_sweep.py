@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 
+pytestmark = pytest.mark.slow  # sweeps in subprocesses
+
+
 TEMPLATE = "History: {history}.\nCandidates: {candidates}."
 
 
@@ -126,7 +129,7 @@ def test_rerun_resumes_from_the_cache(first_run, sweep_setup):
 def test_changed_settings_rerun_the_points(first_run, sweep_setup):
     results, _ = first_run
     out, recipe = sweep_setup
-    _sweep(recipe, "--ks", "2", "--variants", "plain", "--train_args", "--learning_rate 2e-3")
+    _sweep(recipe, "--ks", "2", "--variants", "plain", "--train_overrides", "learning_rate=2e-3")
     result = json.loads((results / "runs" / "dmpo-plain-k2-s0" / "result.json").read_text())
     record = json.loads((results / "runs" / "dmpo-plain-k2-s0" / "model" / "trl_dynamicpo_run.json").read_text())
     assert record["training"]["learning_rate"] == 2e-3

@@ -494,27 +494,26 @@ def test_model_revision_also_selects_the_processor(tokenizer, make_model, make_c
 # ------------------------------------------------------------------------------- defaults follow the parent
 
 
-def test_train_command_defaults_to_the_paper_beta(tmp_path):
+def test_train_command_keeps_trl_beta_unless_the_recipe_sets_it(tmp_path):
     import yaml
 
-    from trl_dynamicpo.cli import sft, train
     from trl_dynamicpo.cli.parsing import parse_command
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "model_name_or_path": "m"}))
-    parse = lambda *flags: parse_command("train", train.dataclass_types(), ["--config", str(recipe), *flags])[1]  # noqa: E731
-    assert parse().beta == 1.0  # `trl-dynamicpo train` without a beta: the paper's value
+    parse = lambda *flags: parse_command("train", argv=["--config", str(recipe), *flags])[1]  # noqa: E731
+    assert parse().beta == 0.1  # `trl-dynamicpo train` without a beta: DPOConfig's, as in TRL
     assert parse("--beta", "0.3").beta == 0.3
-    assert parse_command("train", train.dataclass_types(), ["--output_dir", str(tmp_path)])[1].beta == 1.0
-    recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "train": {"beta": 0.2}}))
-    assert parse().beta == 0.2
-    assert parse_command("sft", sft.dataclass_types(), ["--config", str(recipe)])[1].output_dir == str(tmp_path / "out")
+    assert parse_command("train", argv=["--output_dir", str(tmp_path)])[1].beta == 0.1
+    recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "train": {"beta": 1.0}}))
+    assert parse().beta == 1.0  # the paper's value, when the recipe says so
+    assert parse_command("sft", argv=["--config", str(recipe)])[1].output_dir == str(tmp_path / "out")
 
 
 def test_every_paper_recipe_sets_the_paper_beta():
     from pathlib import Path
 
-    from trl_dynamicpo.cli.parsing import load_recipe, stage_config
+    from trl_dynamicpo.pipeline import load_recipe, stage_config
 
     recipes = [p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts]
     trained = [p for p in recipes if "train" in load_recipe(p)]

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-# Display names of the base objectives (`DynamicPOConfig.multi_negative_loss`).
+# Display names of the base objectives, one per entry of the objective registry `trl_dynamicpo.losses.OBJECTIVES`
+# (the names `DynamicPOConfig.multi_negative_loss` and the sweep take).
 OBJECTIVE_NAMES = {"dmpo": "DMPO", "sdpo": "S-DPO", "mppo": "MPPO"}
 
 

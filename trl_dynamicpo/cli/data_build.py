@@ -140,8 +140,8 @@ def run_build(args: DataBuildArguments) -> dict:
 
 def main_build(argv: Sequence[str] | None = None) -> int:
     """`data build DATASET --raw DIR --out DIR [...]`; prints one line per split written and the missing ones."""
-    from trl_dynamicpo.cli.common import setup_logging
     from trl_dynamicpo.cli.parsing import parse_command
+    from trl_dynamicpo.pipeline.runtime import setup_logging
 
     (args,) = parse_command("data", (DataBuildArguments,), argv, prog="trl-dynamicpo data build", positional=("dataset",))
     setup_logging()

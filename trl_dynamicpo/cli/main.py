@@ -1,8 +1,9 @@
 """`trl-dynamicpo` / `python -m trl_dynamicpo`: the command-line entry point.
 
-Every command parses its arguments with `trl.TrlParser`: `--config recipe.yaml` sets defaults (see
-`trl_dynamicpo.cli.parsing` for the per-command sections and `--variant`), flags override them. Each command runs
-unchanged under `accelerate launch` and `torchrun`::
+Every command parses its arguments with `trl.TrlParser` (`trl_dynamicpo.cli.parsing`): `--config recipe.yaml` sets
+defaults (see `trl_dynamicpo.pipeline.recipes` for the per-command sections and `--variant`), flags override them,
+and the command calls its library function (`trl_dynamicpo.pipeline.run_train`, ...). Each command runs unchanged
+under `accelerate launch` and `torchrun`::
 
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m trl_dynamicpo train --config recipe.yaml
     torchrun --nproc_per_node 4 -m trl_dynamicpo train --config recipe.yaml
@@ -22,8 +23,8 @@ COMMANDS = {
     "eval": ("trl_dynamicpo.cli.evaluate", "main", "ranking (HR@k, NDCG@k) and generation (HR@1, ValidRatio)"),
     "sweep": ("trl_dynamicpo.cli.sweep", "main", "K x objective x variant grid with seeds, paired statistics, plots"),
     "quickstart": ("trl_dynamicpo.cli.quickstart", "main", "offline CPU demo: tiny model, SFT, DynamicPO, eval"),
-    "leak-free": ("trl_dynamicpo.recsys.tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
-    "leak-check": ("trl_dynamicpo.recsys.tools", "main_leak_check", "measure how much candidate lists leak"),
+    "leak-free": ("trl_dynamicpo.cli.leak_tools", "main_leak_free", "rewrite a prompt file with leak-free candidates"),
+    "leak-check": ("trl_dynamicpo.cli.leak_tools", "main_leak_check", "measure how much candidate lists leak"),
     "data": ("trl_dynamicpo.cli.data_build", "main", "build a recipe's data files from LLaRA's raw files (data build)"),
 }
 

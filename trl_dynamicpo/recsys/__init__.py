@@ -10,7 +10,6 @@ Modules:
 - `baselines`: random, popularity and transition baselines, `baseline_metrics`.
 - `evaluation`: `evaluate_ranking`, `evaluate_generation`, `RecEvalCallback`, `read_hits` (per-prompt hits).
 - `sample`: the bundled LastFM sample (`load_sample`, `sample_path`, `build_sample`).
-- `tools`: `main_leak_free`, `main_leak_check` command-line entry points.
 - `safe_pickle`: `load_dataframe_pickle`, `pickle_globals`, `UnsafePickleError` (a pickle is not trusted).
 - `raw`: LLaRA's raw split tables and catalogues, `read_raw_table`, `read_raw_catalogue`, `NAME_RULES`.
 - `build`: `build_dataset` (the recipes' data files and their manifest; `trl-dynamicpo data build`).
@@ -65,10 +64,6 @@ _LAZY = {
     "find_data_dir": "sample",
     "DATA_ENV": "sample",
     "write_sample_slice": "sample",
-    "main_leak_free": "tools",
-    "main_leak_check": "tools",
-    "LeakFreeArguments": "tools",
-    "LeakCheckArguments": "tools",
     "load_dataframe_pickle": "safe_pickle",
     "pickle_globals": "safe_pickle",
     "UnsafePickleError": "safe_pickle",
@@ -124,10 +119,6 @@ __all__ = [
     "find_data_dir",
     "DATA_ENV",
     "write_sample_slice",
-    "main_leak_free",
-    "main_leak_check",
-    "LeakFreeArguments",
-    "LeakCheckArguments",
     "load_dataframe_pickle",
     "pickle_globals",
     "UnsafePickleError",
@@ -175,7 +166,6 @@ if TYPE_CHECKING:
         sample_path,
         write_sample_slice,
     )
-    from .tools import LeakCheckArguments, LeakFreeArguments, main_leak_check, main_leak_free
     from .training_data import preference_dataset, sample_negatives, sft_dataset
 
 

@@ -159,7 +159,7 @@ def _segment(text: str, known: Callable[[str], bool]) -> list[str]:
 def read_examples(
     path: PathLike,
     catalogue: PathLike | Iterable[str] | None = None,
-    skip_bad_rows: bool = False,
+    drop_invalid_rows: bool = False,
     unknown_items: str = "warn",
 ) -> list[RecExample]:
     """Read S-DPO-format prompts from a JSON list or JSON lines file, plain or gzip-compressed.
@@ -169,11 +169,11 @@ def read_examples(
         catalogue: item names (or the path of an `items.txt`) used to segment `::`-joined histories whose names
             contain colons, and to report names it does not hold. Without it the row's own candidates and target
             are still used, and other names fall back to a plain split.
-        skip_bad_rows: skip malformed rows (logging how many, per field, and the first) instead of raising.
+        drop_invalid_rows: skip malformed rows (logging how many, per field, and the first) instead of raising.
         unknown_items: what a history, candidate or target name missing from the catalogue does: "warn" (the
             default) keeps the row and logs how many rows name such items, with examples (the public LastFM
             validation file names an artist "Plus 44" where the catalogue and the training file say "+44");
-            "error" makes the row a bad row (raised, or skipped and counted with `skip_bad_rows`).
+            "error" makes the row a bad row (raised, or skipped and counted with `drop_invalid_rows`).
 
     Returns:
         One `RecExample` per valid row, in file order.
@@ -208,7 +208,7 @@ def read_examples(
                     unknown.setdefault(name, []).append((row_no, line_no, field))
             examples.append(example)
         except RecDataError as err:
-            if not skip_bad_rows:
+            if not drop_invalid_rows:
                 raise
             errors.append(err)
     if errors:

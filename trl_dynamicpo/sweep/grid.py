@@ -27,16 +27,14 @@ class GridPoint:
     def display(self) -> str:
         return f"{VARIANTS[self.variant].display(self.objective)}, K={self.k}, seed {self.seed}"
 
-    def train_flags(self) -> list[str]:
-        """`trl-dynamicpo train` flags that select this point (on top of the recipe)."""
-        variant = VARIANTS[self.variant]
-        return [
-            "--multi_negative_loss", self.objective,
-            "--boundary_selection", str(variant.boundary_selection),
-            "--dynamic_beta", str(variant.dynamic_beta),
-            "--num_negatives", str(self.k),
-            "--seed", str(self.seed),
-        ]  # fmt: skip
+    def settings(self) -> dict[str, object]:
+        """The `train` keys that select this point (set on top of the recipe)."""
+        return {
+            "multi_negative_loss": self.objective,
+            **VARIANTS[self.variant].settings(),
+            "num_negatives": self.k,
+            "seed": self.seed,
+        }
 
 
 def build_grid(

@@ -1,7 +1,8 @@
 """Running a sweep: the SFT stage (once, cached), its evaluation, then one `train` + `eval` per grid point.
 
-Each run is exactly `trl-dynamicpo train --config RECIPE <the point's flags>` followed by `trl-dynamicpo eval` of
-its output on every evaluation set, run in this process through the CLI's own functions, so a sweep of a recipe
+Each run is the recipe's `train` stage with the point's settings as overrides (`resolve_recipe(recipe, "train",
+overrides=...)`, what `trl-dynamicpo train --config RECIPE --multi_negative_loss ...` parses) followed by the `eval`
+of its output on every evaluation set, run in this process with the pipeline's own functions, so a sweep of a recipe
 measures what the recipe trains (tiny model on CPU, or LoRA / QLoRA under `accelerate launch`). Every process of a
 distributed launch walks the same grid; the main one writes the files. A finished run leaves `result.json` in its
 folder and is skipped next time (same settings), so an interrupted sweep resumes where it stopped.
@@ -11,16 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..pipeline.arguments import SweepArguments
+from ..pipeline.evaluate import run_eval
+from ..pipeline.recipes import load_recipe, parse_overrides, resolve_recipe
+from ..pipeline.records import RUN_RECORD
+from ..pipeline.runtime import has_accelerator, setup_logging
+from ..pipeline.sft import run_sft
+from ..pipeline.train import run_train
 from ..recsys.evaluation import read_hits
-from .grid import GridPoint
+from .grid import GridPoint, build_grid
+from .report import write_report
 
+
+logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 REFERENCE = "sft"
@@ -44,45 +56,36 @@ CURVE_KEYS = {
 
 @dataclass
 class SweepPlan:
-    """Everything a sweep needs besides the grid: the recipe, where to write, and the evaluation sets."""
+    """Everything a sweep needs besides the grid: the recipe, where to write, the evaluation sets, the overrides."""
 
     recipe: str
     sweep_dir: Path
     eval_sets: dict[str, str | None]  # name -> test file (None: the recipe's own evaluation split)
-    sft_args: list[str] = field(default_factory=list)
-    train_args: list[str] = field(default_factory=list)
-    eval_args: list[str] = field(default_factory=list)
+    sft_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_overrides: dict[str, Any] = field(default_factory=dict)
     keep_models: bool = True
 
-    def key(self, extra: Sequence[str]) -> str:
-        """Cache key of a run: the recipe's settings (its `base:` files included), the plan's flags and the run's own
-        flags."""
-        from ..cli.parsing import load_recipe
-
-        settings = json.dumps(load_recipe(self.recipe), sort_keys=True, default=str)
-        blob = json.dumps([settings, self.train_args, self.eval_args, sorted(self.eval_sets.items()),
-                           list(extra)])  # fmt: skip
+    def key(self, extra: Mapping[str, Any] | Sequence[Any]) -> str:
+        """Cache key of a run: the recipe's settings (its `base:` files included), the plan's overrides, the
+        evaluation sets and the run's own settings `extra`."""
+        blob = json.dumps(
+            [load_recipe(self.recipe), self.sft_overrides, self.train_overrides, self.eval_overrides,
+             sorted(self.eval_sets.items()), extra],
+            sort_keys=True, default=str,
+        )  # fmt: skip
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _state():
     from accelerate import PartialState
 
-    from ..cli.parsing import has_accelerator
-
     return PartialState(cpu=not has_accelerator())
-
-
-def _config_flags(plan: SweepPlan) -> list[str]:
-    return ["--config", plan.recipe]
 
 
 def sft_model_path(plan: SweepPlan) -> str:
     """The model `train` starts from in this recipe (normally the SFT output)."""
-    from ..cli import train
-    from ..cli.parsing import parse_command
-
-    _, _, model_args = parse_command("train", train.dataclass_types(), [*_config_flags(plan), *plan.train_args])
+    _, _, model_args = resolve_recipe(plan.recipe, "train", overrides=plan.train_overrides)
     return model_args.model_name_or_path
 
 
@@ -93,12 +96,8 @@ def ensure_sft(plan: SweepPlan, *, log=print) -> str:
     (`trl_dynamicpo_run.json`, written after the model) exists, so an SFT killed half-way is trained again; a model
     from elsewhere (a Hub id, another folder) is used as it is.
     """
-    from ..cli import sft
-    from ..cli.common import RUN_RECORD
-    from ..cli.parsing import parse_command
-
     path = sft_model_path(plan)
-    args = parse_command("sft", sft.dataclass_types(), [*_config_flags(plan), *plan.sft_args])
+    args = resolve_recipe(plan.recipe, "sft", overrides=plan.sft_overrides)
     state = _state()
     if Path(args[1].output_dir).resolve() != Path(path).resolve():
         log(f"`train` starts from {path}, not from the recipe's sft output: no SFT stage")
@@ -110,7 +109,7 @@ def ensure_sft(plan: SweepPlan, *, log=print) -> str:
         return path
     log(f"SFT: training {path}")
     start = time.time()
-    trainer = sft.run_sft(*args)
+    trainer = run_sft(*args)
     del trainer
     if state.is_main_process:
         Path(path, "sweep_sft.json").write_text(json.dumps({"train_time_s": time.time() - start}) + "\n")
@@ -119,21 +118,18 @@ def ensure_sft(plan: SweepPlan, *, log=print) -> str:
 
 
 def evaluate_model(plan: SweepPlan, model_path: str, out_dir: Path, *, baselines: bool = False) -> dict[str, Any]:
-    """`trl-dynamicpo eval` of `model_path` on every evaluation set (protocols as the recipe's `eval` section says);
+    """The recipe's `eval` of `model_path` on every evaluation set (protocols as its `eval` section says);
     returns {set: {protocol: metrics with per-prompt `hits`}}.
 
     With `baselines`, each set also gets the non-LLM baselines and the leak check (done once, for the SFT model).
     """
-    from ..cli import evaluate
-    from ..cli.parsing import parse_command
-
     results: dict[str, Any] = {}
     for name, test_file in plan.eval_sets.items():
-        flags = [*_config_flags(plan), "--model_name_or_path", model_path, "--output_dir", str(out_dir / name),
-                 "--baselines", str(baselines), *plan.eval_args]  # fmt: skip
+        overrides = {**plan.eval_overrides, "model_name_or_path": model_path, "output_dir": str(out_dir / name),
+                     "baselines": baselines}  # fmt: skip
         if test_file is not None:
-            flags += ["--test_file", test_file, "--split", "test"]
-        metrics = evaluate.run_eval(*parse_command("eval", evaluate.dataclass_types(), flags))
+            overrides.update(test_file=test_file, split="test")
+        metrics = run_eval(*resolve_recipe(plan.recipe, "eval", overrides=overrides))
         entry: dict[str, Any] = {"n": metrics["n"]}
         for protocol in ("ranking", "generation"):
             if protocol in metrics:
@@ -179,20 +175,17 @@ def reference_result(plan: SweepPlan, sft_path: str, *, log=print) -> dict[str, 
 
 def run_point(plan: SweepPlan, point: GridPoint, *, log=print) -> dict[str, Any]:
     """Train and evaluate one grid point (or load its cached result)."""
-    from ..cli import train
-    from ..cli.parsing import parse_command
-
     run_dir = plan.sweep_dir / "runs" / point.name
-    flags = [*plan.train_args, *point.train_flags()]
-    key = plan.key(flags)
+    key = plan.key(point.settings())
     cached = _load_cached(run_dir, key)
     if cached is not None:
         return cached
     model_dir = run_dir / "model"
-    args = parse_command("train", train.dataclass_types(), [*_config_flags(plan), *flags, "--output_dir", str(model_dir)])
+    args = resolve_recipe(plan.recipe, "train",
+                          overrides={**plan.train_overrides, **point.settings(), "output_dir": str(model_dir)})  # fmt: skip
     log(f"{point.display}: training")
     start = time.time()
-    trainer = train.run_train(*args)
+    trainer = run_train(*args)
     train_time = time.time() - start
     steps = trainer.state.global_step
     del trainer
@@ -235,3 +228,47 @@ def _save(folder: Path, result: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(result) + "\n", encoding="utf-8")
         tmp.replace(folder / RESULT_FILE)  # atomic: a killed sweep never leaves half a result
     state.wait_for_everyone()
+
+
+def run_sweep(sweep_args: SweepArguments, recipe: str, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Run (or resume) the sweep of `sweep_args` over the recipe file `recipe`; returns {"reference", "results",
+    "files"} (the SFT model's evaluation, one result per grid point, the report files written by the main process).
+
+    `notes` are lines added to `summary.md`.
+    """
+    from tqdm.auto import tqdm
+
+    setup_logging()
+    state = _state()
+    sweep_dir = Path(sweep_args.sweep_dir)
+    eval_sets = {"eval": None, **{Path(f).name.split(".")[0]: f for f in sweep_args.eval_files}}
+    plan = SweepPlan(
+        recipe=recipe,
+        sweep_dir=sweep_dir,
+        eval_sets=eval_sets,
+        sft_overrides=parse_overrides(sweep_args.sft_overrides),
+        train_overrides=parse_overrides(sweep_args.train_overrides),
+        eval_overrides=parse_overrides(sweep_args.eval_overrides),
+        keep_models=sweep_args.keep_models,
+    )
+    grid = build_grid(
+        sweep_args.ks, sweep_args.objectives, sweep_args.variants, sweep_args.seeds,
+        ablation_ks=sweep_args.ablation_ks, extra_seeds=sweep_args.extra_seeds, extra_seed_ks=sweep_args.extra_seed_ks,
+    )  # fmt: skip
+
+    def log(message: str) -> None:
+        if state.is_main_process:
+            logger.info(message)
+
+    log(f"Sweep of {len(grid)} runs into {sweep_dir}")
+    sft_path = ensure_sft(plan, log=log)
+    reference = reference_result(plan, sft_path, log=log)
+    results = []
+    for point in tqdm(grid, desc="Sweep", disable=not state.is_local_main_process):
+        results.append(run_point(plan, point, log=log))
+    files = {}
+    if state.is_main_process:
+        files = write_report(sweep_dir, reference, results, sweep_args.title, notes)
+        logger.info("Wrote %s", ", ".join(str(p) for p in files.values()))
+    state.wait_for_everyone()
+    return {"reference": reference, "results": results, "files": files}

@@ -1,7 +1,8 @@
-"""Command-line entry points for the data tools: writing leak-free files and running the leak check.
+"""`trl-dynamicpo leak-free` and `trl-dynamicpo leak-check`: writing leak-free files and running the leak check.
 
-The argument dataclasses are parsed like every other command's (`trl_dynamicpo.cli.parsing.parse_command`, with
-`trl.TrlParser`), the input files as positional arguments. Neither tool imports torch, so both start fast.
+Thin commands over `trl_dynamicpo.recsys.make_leak_free_file` and `trl_dynamicpo.recsys.leak_check`. The argument
+dataclasses are parsed like every other command's (`parse_command`, with `trl.TrlParser`), the input files as
+positional arguments. Neither tool imports torch, so both start fast.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .candidates import NUM_CANDIDATES, leak_check, make_leak_free_file
-from .readers import read_catalogue, read_examples
+from ..recsys.candidates import NUM_CANDIDATES, leak_check, make_leak_free_file
+from ..recsys.readers import read_catalogue, read_examples
+from .parsing import parse_command
 
 
 @dataclass
@@ -41,8 +43,6 @@ class LeakCheckArguments:
 
 
 def _parse(cls: type, argv: Sequence[str] | None, command: str, positional: tuple[str, ...]):
-    from trl_dynamicpo.cli.parsing import parse_command
-
     (args,) = parse_command(command, (cls,), argv, positional=positional)
     return args
 

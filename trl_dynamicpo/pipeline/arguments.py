@@ -1,11 +1,9 @@
-"""Argument dataclasses of the `trl-dynamicpo` commands (parsed with `trl.TrlParser`, YAML or flags).
+"""Argument dataclasses of the pipeline's commands (a recipe's keys; `trl-dynamicpo <command>` flags).
 
-The training commands combine one of these with TRL's own dataclasses:
-
-- `sft`:   `RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`
-- `train`: `RecDataArguments`, `trl_dynamicpo.DynamicPOConfig`, `trl.ModelConfig`
-- `eval`:  `RecDataArguments`, `EvalArguments`, `trl.ModelConfig`
-- `quickstart`: `QuickstartArguments`
+`trl_dynamicpo.pipeline.command_dataclasses` says which command combines which of these with TRL's own dataclasses
+(`sft`: `RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`; `train`: `RecDataArguments`, `DynamicPOConfig`,
+`trl.ModelConfig`; `eval`: `RecDataArguments`, `EvalArguments`, `trl.ModelConfig`; `sweep`: `SweepArguments`;
+`quickstart`: `QuickstartArguments`).
 
 Field names must not collide with those of the TRL dataclasses (for instance `seed` belongs to the trainer
 configs, hence `candidate_seed` here).
@@ -15,12 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl_dynamicpo.losses import LOSS_TYPES
-from trl_dynamicpo.recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
-from trl_dynamicpo.recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
+from ..losses import LOSS_TYPES
+from ..recsys.candidates import NEGATIVE_MODES, NUM_CANDIDATES
+from ..recsys.prompts import COMPACT_TEMPLATE, TEMPLATES
+from ..variants import VARIANTS
 
 
-CANDIDATE_MODES = ("leak_free", "public")
+# `candidates` values, and how the logs and summaries name them.
+CANDIDATE_MODES = {"leak_free": "leak-free", "file": "file"}
 PROTOCOLS = ("ranking", "generation", "both")
 
 
@@ -85,10 +85,9 @@ class RecDataArguments:
         default="leak_free",
         metadata={
             "help": "Candidate lists: 'leak_free' draws new ones per prompt from the catalogue (seeded by the row, "
-            "never by the target; use it for any number you report), 'public' keeps the lists in the files (the "
-            "public LastFM/Goodreads/Steam lists leak the target; also use 'public' for files you already made "
-            "leak-free with `trl-dynamicpo leak-free`).",
-            "choices": list(CANDIDATE_MODES),
+            "never by the target; use it for any number you report); 'file' keeps the lists in the files as they "
+            "are (for files already made leak-free, e.g. with `trl-dynamicpo leak-free`; on the public "
+            "LastFM/Goodreads/Steam files, whose lists leak the target, only to reproduce the papers)."
         },
     )
     num_candidates: int = field(
@@ -131,9 +130,13 @@ class RecDataArguments:
             "learn the catalogue (the quickstart and the sweep presets turn it on); a choice to test for real LLMs."
         },
     )
-    skip_bad_rows: bool = field(
+    drop_invalid_rows: bool = field(
         default=False,
-        metadata={"help": "Skip malformed rows (counted in the log) instead of stopping with an error."},
+        metadata={
+            "help": "Drop the malformed rows of the data files (counted in the log, per field) instead of stopping "
+            "with an error naming the file, row and field. For `train` the same key sets DynamicPOConfig's "
+            "`drop_invalid_rows` (the preference rows it finds invalid)."
+        },
     )
     rank_eval_samples: int = field(
         default=0,
@@ -151,8 +154,13 @@ class RecDataArguments:
     )
 
     def __post_init__(self):
+        if self.candidates == "public":
+            raise ValueError(
+                "candidates='public' is now written candidates='file': the lists in the files, as they are. The public "
+                "LastFM/Goodreads/Steam lists leak the target (`trl-dynamicpo leak-check`); 'leak_free' redraws them."
+            )
         if self.candidates not in CANDIDATE_MODES:
-            raise ValueError(f"candidates={self.candidates!r}; choose one of {CANDIDATE_MODES}.")
+            raise ValueError(f"candidates={self.candidates!r}; choose one of {list(CANDIDATE_MODES)}.")
         if self.num_negatives is not None and self.num_negatives == -1:
             self.num_negatives = None
         if self.num_negatives is not None and self.num_negatives < 1:
@@ -270,3 +278,46 @@ class QuickstartArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the model initialisation and training."})
     plot: bool = field(default=True, metadata={"help": "Write quickstart.png (needs matplotlib)."})
     show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+@dataclass
+class SweepArguments:
+    """The grid and the outputs of `trl-dynamicpo sweep` (the recipe's own keys set everything else)."""
+
+    sweep_dir: str = field(default="sweep", metadata={"help": "Where runs, results, tables and plots go."})
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 15, 19], metadata={"help": "Values of K."})
+    objectives: list[str] = field(
+        default_factory=lambda: list(LOSS_TYPES),
+        metadata={"help": f"Base objectives (default: all of {', '.join(LOSS_TYPES)})."},
+    )
+    variants: list[str] = field(
+        default_factory=lambda: ["plain", "dynamicpo"],
+        metadata={"help": f"Switch settings: {', '.join(VARIANTS)} (trl_dynamicpo.variants)."},
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds of the main grid."})
+    ablation_ks: list[int] = field(
+        default_factory=list, metadata={"help": "Also run DMPO selection_only and beta_only at these K."}
+    )
+    extra_seeds: list[int] = field(
+        default_factory=list, metadata={"help": "More seeds for DMPO plain and DynamicPO (at extra_seed_ks)."}
+    )
+    extra_seed_ks: list[int] = field(
+        default_factory=list, metadata={"help": "K values of the extra seeds (default: all of ks)."}
+    )
+    eval_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra evaluation files (S-DPO format), each evaluated like the recipe's eval split."},
+    )
+    sft_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Recipe keys set for the sft stage, KEY=VALUE each (VALUE read as YAML): max_steps=10."},
+    )
+    train_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Recipe keys set for every train run, KEY=VALUE each: learning_rate=1e-4 beta=0.5."},
+    )
+    eval_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Recipe keys set for every evaluation, KEY=VALUE each."}
+    )
+    keep_models: bool = field(default=True, metadata={"help": "Keep each run's trained model (or adapter)."})
+    title: str = field(default="DynamicPO sweep", metadata={"help": "Title of summary.md."})

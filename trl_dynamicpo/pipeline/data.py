@@ -36,7 +36,7 @@ def _subsample(examples: list, count: int | None, seed: int) -> list:
 
 
 def load_rec_data(args: RecDataArguments, need: tuple[str, ...] = ("train", "eval", "test")) -> RecData:
-    """Read the files named by `args` (or the bundled sample), with leak-free candidates unless 'public'.
+    """Read the files named by `args` (or the bundled sample), with leak-free candidates unless `candidates: file`.
 
     Candidate lists are rebuilt on the full file before any subsampling, so a prompt gets the same list whatever
     `max_*_samples` is, and `sft`, `train` and `eval` see the same lists. The catalogue is `items_file`, else the
@@ -61,7 +61,7 @@ def load_rec_data(args: RecDataArguments, need: tuple[str, ...] = ("train", "eva
     if "test" in need and not files.get("test") and files.get("eval"):
         wanted.add("eval")  # `eval` falls back to the validation file
     raw = {
-        split: read_examples(files[split], catalogue=catalogue, skip_bad_rows=args.skip_bad_rows)
+        split: read_examples(files[split], catalogue=catalogue, drop_invalid_rows=args.drop_invalid_rows)
         for split in ("train", "eval", "test")
         if split in wanted
     }
@@ -69,7 +69,7 @@ def load_rec_data(args: RecDataArguments, need: tuple[str, ...] = ("train", "eva
         # Read every file given, so the fallback catalogue does not depend on which command runs.
         for split in ("train", "eval", "test"):
             if files.get(split) and split not in raw:
-                raw[split] = read_examples(files[split], skip_bad_rows=args.skip_bad_rows)
+                raw[split] = read_examples(files[split], drop_invalid_rows=args.drop_invalid_rows)
         catalogue = catalogue_from_examples([ex for examples in raw.values() for ex in examples])
         logger.warning(
             "No items_file given: leak-free candidates are drawn from the %d items seen in the data files. Pass the "

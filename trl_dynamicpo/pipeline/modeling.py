@@ -13,6 +13,9 @@ SFT -> `train` handoff (what `model_name_or_path` of `train` may point to):
   The output folder holds the trained adapter and, under `ref/`, the frozen copy (TRL saves every adapter).
   With `use_peft: false` on a non-quantized base the adapter is merged instead and every weight is trained
   against a frozen merged copy; a 4-bit base always keeps the adapter (4-bit weights cannot be trained).
+
+A reference-free objective (MPPO, or DMPO / S-DPO with `reference_free: true`, see `trl_dynamicpo.losses.OBJECTIVES`)
+gets no reference model at all: no frozen copy is made, none is loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import json
 import logging
 import os
 from typing import Any
+
+from ..losses import OBJECTIVES
 
 
 logger = logging.getLogger(__name__)
@@ -125,6 +130,21 @@ def require_model_path(model_args, command: str) -> str:
     return model_args.model_name_or_path
 
 
+def uses_reference_model(training_args) -> bool:
+    """Whether the objective of a `DynamicPOConfig` scores against a reference model (the registry decides)."""
+    return not (OBJECTIVES[training_args.multi_negative_loss].reference_free or training_args.reference_free)
+
+
+def _no_reference(training_args) -> str:
+    objective = training_args.multi_negative_loss + (" with reference_free" if training_args.reference_free else "")
+    return f"no reference model ({objective} is reference-free)"
+
+
+def _reference(description: str, training_args) -> str:
+    """`description` of the reference model for the run record, or why there is none."""
+    return description if uses_reference_model(training_args) else _no_reference(training_args)
+
+
 def policy_inputs(model_args, training_args) -> tuple[Any, Any, Any, Any, str]:
     """What to pass to `DynamicPOTrainer`: (model, ref_model, peft_config, quantization_config, description).
 
@@ -139,11 +159,13 @@ def policy_inputs(model_args, training_args) -> tuple[Any, Any, Any, Any, str]:
     if adapter is None:
         training_args.model_init_kwargs = {**init, **(training_args.model_init_kwargs or {})}
         peft_config = get_peft_config(model_args)
-        how = (
-            f"policy: {path} + new LoRA adapter; reference: {path} (adapter disabled)"
-            if peft_config is not None
-            else f"policy and reference: {path}"
-        )
+        if peft_config is not None:
+            reference = _reference(f"reference: {path} (adapter disabled)", training_args)
+            how = f"policy: {path} + new LoRA adapter; {reference}"
+        elif uses_reference_model(training_args):
+            how = f"policy and reference: {path}"
+        else:
+            how = f"policy: {path}; {_no_reference(training_args)}"
         return path, None, peft_config, quantization_config, how
 
     from peft import PeftModel
@@ -156,18 +178,17 @@ def policy_inputs(model_args, training_args) -> tuple[Any, Any, Any, Any, str]:
         if not model_args.use_peft:
             logger.warning("load_in_4bit/8bit needs adapters: continuing the SFT adapter (use_peft is implied).")
         model = PeftModel.from_pretrained(base, path, is_trainable=True)
-        how = (
-            f"policy: {base_path} + SFT adapter {path} (trainable); reference: the same base + a frozen copy of the "
-            "SFT adapter (TRL's 'ref' adapter)"
-        )
+        reference = "reference: the same base + a frozen copy of the SFT adapter (TRL's 'ref' adapter)"
+        how = f"policy: {base_path} + SFT adapter {path} (trainable); " + _reference(reference, training_args)
         return model, None, None, None, how
     model = PeftModel.from_pretrained(base, path).merge_and_unload()
     model.requires_grad_(True)  # PEFT froze the base weights when it wrapped them
     ref_model = None
-    if training_args.multi_negative_loss != "mppo":
+    if uses_reference_model(training_args):  # a full frozen copy: only for an objective that reads it
         ref_model = copy.deepcopy(model).eval()
         ref_model.requires_grad_(False)
-    how = f"policy: {base_path} with the SFT adapter {path} merged (all weights trained); reference: a frozen copy"
+    how = (f"policy: {base_path} with the SFT adapter {path} merged (all weights trained); "
+           + _reference("reference: a frozen copy", training_args))  # fmt: skip
     return model, ref_model, None, None, how
 
 
