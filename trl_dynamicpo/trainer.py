@@ -403,7 +403,7 @@ class DynamicPOTrainer(DPOTrainer):
             ref_chosen,
             ref_rejected,
             beta=self.args.beta,
-            loss_type=self.args.multi_negative_loss,
+            objective=self.args.multi_negative_loss,
             boundary_selection=self.args.boundary_selection,
             dynamic_beta=self.args.dynamic_beta,
             margin=self.args.beta_margin,
