@@ -55,7 +55,14 @@ def _train_and_check(trainer):
     assert changed, "no trainable parameter changed"
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged
+    from trl_dynamicpo.losses import uses_reference_model
+
+    # Without a reference there is no log-ratio to the starting model, so no `chosen_logp_shift` (and no key).
+    without = set() if uses_reference_model(trainer.args) else {"dynamicpo/chosen_logp_shift"}
     for key in METRIC_KEYS:
+        if key in without:
+            assert key not in logged[0], key
+            continue
         assert key in logged[0], f"metric {key} missing from the logs"
         assert all(torch.isfinite(torch.tensor(h[key])) for h in logged)
     first = logged[0]
@@ -116,7 +123,11 @@ def test_train_with_precomputed_reference(tokenizer, make_model, make_config):
     )
     assert trainer.ref_model is None
     data = trainer.train_dataset
-    assert [len(r) for r in data["ref_rejected_logps"]] == [len(r) for r in data["rejected_ids"]]
+    # TRL's precompute loop stores one value per negative slot: K_max per row, 0 past the row's K.
+    k_max = max(len(r) for r in data["rejected_ids"])
+    assert trainer.data_collator.negative_slots == k_max
+    assert all(len(r) == k_max for r in data["ref_rejected_logps"])
+    assert all(r[len(ids):] == [0.0] * (k_max - len(ids)) for r, ids in zip(data["ref_rejected_logps"], data["rejected_ids"]))
     # The precomputed values are the initial policy's log-probs.
     live = DynamicPOTrainer(
         model=make_model(), ref_model=make_model(), args=make_config(),
@@ -125,7 +136,7 @@ def test_train_with_precomputed_reference(tokenizer, make_model, make_config):
     batch = live.data_collator([live.train_dataset[i] for i in range(4)])
     chosen, rejected = live.compute_ref_log_probs(live.ref_model, batch)
     torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"][:4]), chosen, atol=1e-5, rtol=1e-5)
-    flat = [v for row in data["ref_rejected_logps"][:4] for v in row]
+    flat = [v for row, ids in zip(data["ref_rejected_logps"][:4], data["rejected_ids"][:4]) for v in row[: len(ids)]]
     torch.testing.assert_close(torch.tensor(flat), rejected[batch["rejected_mask"]], atol=1e-5, rtol=1e-5)
     _train_and_check(trainer)
 

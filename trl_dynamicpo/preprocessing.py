@@ -348,6 +348,21 @@ def prepare_preference_dataset(dataset, processing_class, args, dataset_name: st
     return dataset.remove_columns(list(_BOOKKEEPING))
 
 
+def max_negatives(dataset) -> int | None:
+    """The largest K (number of negatives of a row) of a prepared map-style dataset; None for a streamed one.
+
+    Read from the Arrow column (list lengths), so the token ids are never turned into Python lists.
+    """
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "rejected_ids" not in dataset.column_names:
+        return None
+    import pyarrow.compute as pc
+
+    largest = pc.max(pc.list_value_length(dataset.with_format("arrow")["rejected_ids"])).as_py()
+    return int(largest or 0)
+
+
 def _drop_and_count(dataset, args, dataset_name: str):
     """Log what preparation removed or cut in a map-style dataset, and drop the rows that cannot be trained on."""
     total = len(dataset)
