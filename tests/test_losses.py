@@ -588,7 +588,7 @@ def test_boundary_grad_share_stays_defined_when_the_loss_saturates(fast):
     p_pos = torch.tensor([-1.0], dtype=torch.float64)
     p_neg = torch.tensor([[-0.5, -3.0, -9.0]], dtype=torch.float64)
     losses, stats = fast(
-        p_pos, p_neg, torch.tensor([-1000.0], dtype=torch.float64), p_neg.clone(), boundary_selection=False
+        p_pos, p_neg, torch.tensor([-1000.0], dtype=torch.float64), p_neg.clone(), beta=1.0, boundary_selection=False
     )
     assert losses.item() == 0.0
     betas = stats["betas"][0]
