@@ -172,6 +172,27 @@ def test_eval_logs_metrics(tokenizer, make_model, make_config):
     assert "eval_loss" in metrics and "eval_rewards/accuracies" in metrics and "eval_dynamicpo/beta_mean" in metrics
 
 
+def test_evaluate_on_a_dataset_with_more_negatives_widens_the_slots(tokenizer, make_model, make_config):
+    """`evaluate(eval_dataset=...)` prepares and precomputes a new dataset with TRL's code; one with more negatives
+    widens the collator's slots, and the precomputed loss equals the live one (a reference model is kept)."""
+    def build(precompute):
+        return DynamicPOTrainer(
+            model=make_model(seed=1), ref_model=make_model(seed=2),
+            args=make_config(precompute_ref_log_probs=precompute, per_device_eval_batch_size=3),
+            train_dataset=Dataset.from_list(preference_rows(6, k_max=2)), processing_class=tokenizer,
+        )  # fmt: skip
+
+    stored, live = build(True), build(False)
+    assert stored.data_collator.negative_slots == live.data_collator.negative_slots == 2
+    wide = Dataset.from_list(preference_rows(6, k_max=4))
+    results = [trainer.evaluate(eval_dataset=wide) for trainer in (stored, live)]
+    assert stored.data_collator.negative_slots == live.data_collator.negative_slots == 4
+    assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], abs=1e-6)
+    # The train rows, precomputed with 2 slots, still collate at the new width.
+    batch = stored.data_collator([stored.train_dataset[i] for i in range(3)])
+    assert batch["ref_rejected_logps"].shape == batch["rejected_mask"].shape == (3, 4)
+
+
 def test_model_card_names_the_paper(tokenizer, make_model, make_config, tmp_path):
     trainer = DynamicPOTrainer(
         model=make_model(), ref_model=make_model(), args=make_config(),

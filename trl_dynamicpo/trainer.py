@@ -1,8 +1,10 @@
 """`DynamicPOTrainer`: `trl.DPOTrainer` with K negatives per prompt, boundary selection and dual-margin beta.
 
-Only the hooks differ from the parent: dataset preparation, the collator, the signature columns, the reference
-log-probs (live and precomputed), the loss and its metrics. Everything else (model loading, PEFT, QLoRA,
-Accelerate, DeepSpeed/FSDP, checkpoints, the model card) is `DPOTrainer`'s.
+Only the hooks differ from the parent: dataset preparation (which also fixes the collator's number of negative slots),
+the collator (in place of the pairwise one `DPOTrainer` builds, with the pad token it settled), the reference log-probs
+of a batch (which `DPOTrainer`'s own precompute loop calls), the loss and its metrics. Everything else (model and
+processor loading, the pad token, the reference model, PEFT, QLoRA, Accelerate, DeepSpeed/FSDP, the precompute loop
+and its cache, checkpoints, the model card) is `DPOTrainer`'s.
 """
 
 from __future__ import annotations
