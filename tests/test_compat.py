@@ -71,6 +71,37 @@ def test_fused_head_scores_pre_shifted_labels_by_value(make_model):
     torch.testing.assert_close(out["log_probs"].double(), expected["log_probs"], atol=1e-5, rtol=0)
 
 
+def _head_projection_rows(model, fn) -> list[int]:
+    """Rows of every matrix product of hidden states with (a vocabulary slice of) the LM head run inside `fn()`."""
+    from torch.profiler import profile
+
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    with profile(record_shapes=True) as prof:
+        fn()
+    return [
+        shapes[0][0]
+        for event in prof.events()
+        if event.name in ("aten::mm", "aten::addmm", "aten::matmul")
+        for shapes in [[s for s in event.input_shapes if len(s) == 2]]
+        if len(shapes) >= 2 and shapes[1][0] == hidden and hidden * 4 < shapes[1][1] <= vocab
+    ]
+
+
+def test_fused_head_projects_only_the_labelled_positions(make_model):
+    """`fused_lm_head_forward` hands TRL's head the labelled positions only: the head's vocabulary products have one
+    row per label, not one per position, on CPU too (where TRL 1.16 alone projects every position)."""
+    model = make_model(seed=3, hidden_size=16).eval()
+    compat.add_fused_lm_head(model, outputs=compat.FUSED_HEAD_OUTPUTS)
+    input_ids = torch.arange(5, 5 + 2 * 12).view(2, 12)
+    shift_labels = torch.full((2, 12), -100)
+    shift_labels[0, 3:5], shift_labels[1, 9] = torch.tensor([8, 9]), 15
+    with torch.no_grad():
+        ours = _head_projection_rows(model, lambda: compat.fused_lm_head_forward(model, shift_labels, input_ids=input_ids))
+        trl = _head_projection_rows(model, lambda: model(input_ids=input_ids, shift_labels=shift_labels, fused_lm_head=True))
+    assert ours and set(ours) == {3}
+    assert set(trl) <= {3, 24} and trl  # TRL alone: the labelled positions (CUDA) or every position (CPU)
+
+
 def test_fused_head_is_recognised_and_kept(make_model):
     from trl_dynamicpo.packing import ensure_fused_lm_head
 

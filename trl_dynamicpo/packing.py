@@ -329,9 +329,11 @@ def ensure_fused_lm_head(model) -> None:
 def compact_lm_head_on_cpu():
     """Deprecated no-op, kept so that existing `with compact_lm_head_on_cpu():` blocks keep working.
 
-    It used to patch a private TRL switch so that TRL 1.16's fused LM head projected only the labelled positions on
-    CPU, as it does on CUDA. Nothing here reassigns a TRL global any more: on CPU, TRL 1.16 projects every position
-    (TRL 1.15 projects only the labelled ones everywhere); the log-probabilities are the same.
+    It used to replace a private TRL switch so that TRL 1.16's fused LM head projected only the labelled positions on
+    CPU, as it does on CUDA. No TRL global is reassigned any more. DynamicPO's own forward (training, reference
+    log-probs, `score_completions`, ranking) needs no context: it hands TRL's head the labelled positions only, on
+    every device (`compat.fused_lm_head_forward`). TRL's own trainers (`SFTTrainer`) project every position on CPU
+    with TRL 1.16; the log-probabilities are the same.
     """
     warnings.warn(
         "trl_dynamicpo.compact_lm_head_on_cpu() is deprecated and does nothing; remove the `with` block.",
@@ -440,9 +442,9 @@ def _router_token_weights(batch, input_prefix: int) -> torch.Tensor:
 def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_loss: bool = False) -> CompletionOutput:
     """Run `model` once over a collated batch (packed or naive rows) and sum its outputs per completion.
 
-    The model must carry TRL's fused LM head (`ensure_fused_lm_head`), so no (rows, length, vocabulary) logits are
-    materialised (TRL 1.16 projects only the labelled positions on CUDA / XPU, every position elsewhere). PEFT prompt
-    tuning, P-tuning and prefix tuning work in both layouts.
+    The model must carry TRL's fused LM head (`ensure_fused_lm_head`): no (rows, length, vocabulary) logits are
+    materialised, and only the labelled positions are projected onto the vocabulary, on CPU too
+    (`compat.fused_lm_head_forward`). PEFT prompt tuning, P-tuning and prefix tuning work in both layouts.
 
     Args:
         model: the causal LM (PEFT-, DDP-wrapped models work).
