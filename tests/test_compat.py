@@ -9,6 +9,7 @@ import types
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import preference_rows
 from datasets import Dataset
@@ -344,3 +345,34 @@ def test_private_names_are_used_through_compat_only(tokenizer, make_model, tmp_p
             elif isinstance(node, ast.Attribute) and node.attr in private and node.attr not in allowed:
                 found.append(f"{where} .{node.attr}")
     assert not found, "\n".join(found)
+
+
+# ------------------------------------------------------------------------------------------- TRL versions
+
+
+def test_pip_range_starts_at_the_oldest_tested_trl():
+    """pyproject's `trl>=X.Y` is the oldest minor the tests run against (`.ci/run` installs it for its second run)."""
+    import re
+
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    lowest = re.search(r'"trl>=([0-9.]+),', pyproject)
+    assert lowest and lowest.group(1) == trl_dynamicpo._TRL_TESTED[0]
+
+
+def test_trl_version_range():
+    """Older than the oldest tested minor: refused at import. Newer than the newest: one warning, not an error."""
+    check = trl_dynamicpo._check_trl_version
+    oldest, newest = trl_dynamicpo._TRL_TESTED[0], trl_dynamicpo._TRL_TESTED[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for tested in trl_dynamicpo._TRL_TESTED:
+            check(f"{tested}.0")
+        check(f"{newest}.3")
+    major, minor = map(int, newest.split("."))
+    with pytest.warns(UserWarning, match="untested"):
+        check(f"{major}.{minor + 1}.0")
+    with pytest.warns(UserWarning, match="untested"):
+        check(f"{major + 1}.0.0.dev0")
+    major, minor = map(int, oldest.split("."))
+    with pytest.raises(ImportError, match=f"needs trl >= {oldest}"):
+        check(f"{major}.{minor - 1}.2")
