@@ -127,8 +127,6 @@ def test_tokenize_and_common_prefix(tokenizer):
     assert ids == tokenizer("The user listened to Muse")["input_ids"]
     assert compat.common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
     assert compat.common_prefix_length([1, 2], [1, 2, 4]) == 2
-    pair = compat.extract_prompt({"chosen": "The user listened to Muse. Air", "rejected": "The user listened to Muse. Moby"})
-    assert pair == {"prompt": "The user listened to Muse.", "chosen": " Air", "rejected": " Moby"}
 
 
 def test_load_balancing_loss_weights_tokens_by_the_mask():

@@ -571,6 +571,15 @@ def test_streamed_rows_are_dropped_and_logged_one_by_one(tokenizer, make_config,
     assert "Removed 2 repeated negatives from train row 3 (duplicate_negatives='remove')" in caplog.text
 
 
+def test_implicit_prompt_rows_train_as_trl(tokenizer, make_model, tmp_path):
+    """Pairwise rows without a `prompt` column: the prompt is their common start (TRL's `extract_prompt`)."""
+    rows = [{"chosen": f"The user listened to{a}. Next:{c}", "rejected": f"The user listened to{a}. Next:{r}"}
+            for a, c, r in PAIRS]  # fmt: skip
+    dpo, ours = build_pair(tokenizer, make_model, tmp_path, rows)
+    assert_same_tokens(dpo, ours)
+    assert_same_loss_and_grads(dpo, ours)
+
+
 def test_a_pairwise_conversation_is_one_negative(tokenizer):
     from trl_dynamicpo.preprocessing import tokenize_row
 

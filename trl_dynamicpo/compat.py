@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+from trl.data_utils import _tokenize, common_prefix_length
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
 from trl.trainer.utils import (
@@ -42,7 +42,6 @@ __all__ = [
     "common_prefix_length",
     "create_model_from_path",
     "disable_gradient_checkpointing",
-    "extract_prompt",
     "fused_lm_head_forward",
     "get_config_model_id",
     "global_then_local_main_first",

@@ -22,8 +22,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.utils import logging
+from trl import extract_prompt
 
-from .compat import _tokenize, common_prefix_length, extract_prompt, global_then_local_main_first
+from .compat import _tokenize, common_prefix_length, global_then_local_main_first
 
 
 logger = logging.get_logger(__name__)
