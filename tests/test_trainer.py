@@ -193,6 +193,60 @@ def test_evaluate_on_a_dataset_with_more_negatives_widens_the_slots(tokenizer, m
     assert batch["ref_rejected_logps"].shape == batch["rejected_mask"].shape == (3, 4)
 
 
+PRECOMPUTE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import ARTISTS, preference_rows
+from datasets import load_from_disk
+from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
+
+corpus = [f"The user listened to{a},{b} and{c}. Next:{d}</s>" for a in ARTISTS for b in ARTISTS[:5] for c in ARTISTS[:3]
+          for d in ARTISTS[:2]]
+tokenizer = build_tokenizer(corpus, vocab_size=400)
+args = DynamicPOConfig(sys.argv[1], precompute_ref_log_probs=True, precompute_ref_batch_size=1, use_cpu=True,
+                       bf16=False, report_to=[], gradient_checkpointing=False)
+# On disk, so that both processes read the cache file rank 0 writes (an in-memory dataset's is per process, in TRL).
+trainer = DynamicPOTrainer(model=build_tiny_model(tokenizer, seed=0), args=args,
+                           train_dataset=load_from_disk(sys.argv[1] + "/data"), processing_class=tokenizer)
+if trainer.accelerator.is_main_process:
+    data = trainer.train_dataset
+    with open(sys.argv[1] + "/ref.json", "w") as handle:
+        json.dump({"chosen": list(data["ref_chosen_logps"]), "rejected": list(data["ref_rejected_logps"])}, handle)
+"""
+
+
+@pytest.mark.slow
+def test_precompute_on_two_processes_matches_one(tokenizer, make_model, make_config, tmp_path):
+    """TRL's precompute loop gathers one batch per process and step: with one row per process (K = 1, 2 or 3), the
+    widths differ unless the collator fixes the slots. Two gloo processes store what one process stores."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "precompute.py"
+    script.write_text(PRECOMPUTE_SCRIPT)
+    Dataset.from_list(preference_rows(8)).save_to_disk(str(tmp_path / "data"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(tmp_path), str(repo / "tests")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    two = json.loads((tmp_path / "ref.json").read_text())
+    one = DynamicPOTrainer(
+        model=make_model(seed=0), args=make_config(precompute_ref_log_probs=True, precompute_ref_batch_size=1),
+        train_dataset=Dataset.from_list(preference_rows(8)), processing_class=tokenizer,
+    ).train_dataset  # fmt: skip
+    assert len(two["chosen"]) == 8 and all(len(list(r)) == 3 for r in two["rejected"])
+    torch.testing.assert_close(torch.tensor(two["chosen"]), torch.tensor(list(one["ref_chosen_logps"])), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(two["rejected"]), torch.tensor(list(one["ref_rejected_logps"])), atol=1e-5,
+                               rtol=0)
+
+
 def test_model_card_names_the_paper(tokenizer, make_model, make_config, tmp_path):
     trainer = DynamicPOTrainer(
         model=make_model(), ref_model=make_model(), args=make_config(),
