@@ -15,7 +15,7 @@ first (SFT), as `trl-dynamicpo quickstart` and the recipes do, and use the SFT m
 import copy
 import tempfile
 
-from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer, compact_lm_head_on_cpu
+from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 from trl_dynamicpo.recsys import (
     PromptBuilder,
     baseline_metrics,
@@ -41,8 +41,7 @@ def main():
     )
 
     # 2. DynamicPO (on DMPO); `boundary_selection=False, dynamic_beta=False` would be the plain DMPO baseline.
-    with compact_lm_head_on_cpu():
-        before = evaluate_ranking(model, tokenizer, eval_examples, builder, show_progress=False)
+    before = evaluate_ranking(model, tokenizer, eval_examples, builder, show_progress=False)
     config = DynamicPOConfig(
         output_dir=tempfile.mkdtemp(prefix="dynamicpo-"),
         multi_negative_loss="dmpo",
@@ -61,13 +60,10 @@ def main():
     trainer = DynamicPOTrainer(
         model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=dataset, processing_class=tokenizer
     )
-    # On CPU, score only the completion positions with TRL's fused head (same log-probs, several times faster).
-    with compact_lm_head_on_cpu():
-        trainer.train()
+    trainer.train()
 
     # 3. Ranking evaluation before and after, with the non-LLM baselines for scale.
-    with compact_lm_head_on_cpu():
-        after = evaluate_ranking(trainer.model, tokenizer, eval_examples, builder, show_progress=False)
+    after = evaluate_ranking(trainer.model, tokenizer, eval_examples, builder, show_progress=False)
     baselines = baseline_metrics(train_examples, eval_examples)
     rows = [("random init", before), ("after DynamicPO", after), ("popularity", baselines["popularity"])]
     for name, metrics in rows:

@@ -21,7 +21,7 @@ import torch
 
 
 EPS = 1e-8
-LOSS_TYPES = ("dmpo", "sdpo", "mppo")
+OBJECTIVE_NAMES = ("dmpo", "sdpo", "mppo")
 
 
 def exact_kmeans_1d(values, k):
@@ -93,23 +93,23 @@ def neg_logsigmoid(z):
     return -z + torch.log1p(torch.exp(z))
 
 
-def example_loss(loss_type, p_plus, p_neg, q_plus, q_neg, selected, betas, label_smoothing=0.0):
+def example_loss(objective, p_plus, p_neg, q_plus, q_neg, selected, betas, label_smoothing=0.0):
     """Loss of one example from 0-d tensors. ``p_neg``/``q_neg`` are lists of 0-d tensors, ``betas`` floats.
 
     With ``label_smoothing`` = eps > 0 (conservative DPO), the preference is taken to be flipped with probability
     eps: the loss is the expected logistic loss (1 - eps) * (-log sigmoid(z)) + eps * (-log sigmoid(-z)).
     """
-    if loss_type == "mppo":
+    if objective == "mppo":
         z = 0.0
         for j in selected:
             z = z + betas[j] * (torch.exp(p_plus) - torch.exp(p_neg[j]))
-    elif loss_type == "dmpo":
+    elif objective == "dmpo":
         r_plus = p_plus - q_plus
         z = 0.0
         for j in selected:
             z = z + betas[j] * (r_plus - (p_neg[j] - q_neg[j]))
         z = z / len(selected)
-    elif loss_type == "sdpo":
+    elif objective == "sdpo":
         r_plus = p_plus - q_plus
         terms = [betas[j] * ((p_neg[j] - q_neg[j]) - r_plus) for j in selected]
         top = max(float(t.detach()) for t in terms)
@@ -118,7 +118,7 @@ def example_loss(loss_type, p_plus, p_neg, q_plus, q_neg, selected, betas, label
             total = total + torch.exp(t - top)
         z = -(top + torch.log(total))
     else:
-        raise ValueError(f"unknown loss_type {loss_type!r}")
+        raise ValueError(f"unknown objective {objective!r}")
     if label_smoothing == 0.0:
         return neg_logsigmoid(z)
     return (1.0 - label_smoothing) * neg_logsigmoid(z) + label_smoothing * neg_logsigmoid(-z)
@@ -141,8 +141,8 @@ def reference_multi_negative_loss(
     ref_chosen_logps,
     ref_rejected_logps,
     *,
-    beta=1.0,
-    loss_type="dmpo",
+    beta=0.1,
+    objective="dmpo",
     boundary_selection=True,
     dynamic_beta=True,
     margin=6.0,
@@ -159,11 +159,11 @@ def reference_multi_negative_loss(
     Gradients flow (through ``.double()``) back to whichever inputs require them, the reference log-probs
     included (r = p - q); selection and beta_j are plain floats, hence detached.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}")
-    no_reference = loss_type == "mppo" or reference_free
+    if objective not in OBJECTIVE_NAMES:
+        raise ValueError(f"unknown objective {objective!r}")
+    no_reference = objective == "mppo" or reference_free
     if not no_reference and (ref_chosen_logps is None or ref_rejected_logps is None):
-        raise ValueError(f"{loss_type} needs reference log-probs")
+        raise ValueError(f"{objective} needs reference log-probs")
     n_rows, n_neg = rejected_logps.shape
     if no_reference:
         # Reference-free objectives never read the reference: use zeros that carry no graph.
@@ -219,10 +219,10 @@ def reference_multi_negative_loss(
         # the loss, connected to the inputs' graph
         p_neg = [pn_all[i, j] for j in range(n_neg)]
         q_neg = [qn_all[i, j] for j in range(n_neg)]
-        losses.append(example_loss(loss_type, p_all[i], p_neg, q_all[i], q_neg, selected, betas, label_smoothing))
+        losses.append(example_loss(objective, p_all[i], p_neg, q_all[i], q_neg, selected, betas, label_smoothing))
 
         # rewards and accuracy
-        if loss_type == "mppo":
+        if objective == "mppo":
             chosen_reward = beta * p_f[i]
             rejected_reward = [beta * pn_f[i][j] for j in range(n_neg)]
         else:
@@ -240,7 +240,7 @@ def reference_multi_negative_loss(
         leaf_neg = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in pn_f[i]]
         leaf_q = torch.tensor(q_f[i], dtype=torch.float64)
         leaf_qn = [torch.tensor(v, dtype=torch.float64) for v in qn_f[i]]
-        loss_copy = example_loss(loss_type, leaf_p, leaf_neg, leaf_q, leaf_qn, selected, betas, label_smoothing)
+        loss_copy = example_loss(objective, leaf_p, leaf_neg, leaf_q, leaf_qn, selected, betas, label_smoothing)
         grads = torch.autograd.grad(loss_copy, [leaf_neg[j] for j in selected])
         mags = {j: abs(float(g)) for j, g in zip(selected, grads)}
         total = math.fsum(mags.values())

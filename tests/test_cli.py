@@ -262,23 +262,3 @@ def test_leak_tools_import_no_torch():
     run_cli(sys.executable, "-c", code)
 
 
-def test_compact_cpu_head_gives_the_same_logprobs_and_is_scoped():
-    import torch
-    import trl.trainer.utils as trl_utils
-
-    from trl_dynamicpo import compact_lm_head_on_cpu
-    from trl_dynamicpo.scoring import score_completions
-    from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
-
-    prompts = [f"The user listened to {a} and {b}. Next:" for a, b in (("Muse", "Air"), ("Moby", "Pixies"))]
-    completions = [[" Placebo", " Shakira", " Slayer"], [" Madonna", " Nirvana"]]
-    tokenizer = build_tokenizer([p + c for p, cs in zip(prompts, completions) for c in cs] * 5, vocab_size=300)
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1)
-    original = trl_utils._use_triton
-    full = score_completions(model, tokenizer, prompts, completions, show_progress=False)
-    with compact_lm_head_on_cpu():
-        assert trl_utils._use_triton(torch.device("cpu")) is True
-        compact = score_completions(model, tokenizer, prompts, completions, show_progress=False)
-    assert trl_utils._use_triton is original
-    for a, b in zip(full, compact):
-        assert a == pytest.approx(b, abs=1e-5)

@@ -3,7 +3,7 @@
 Layout:
 * self-checks of the reference (exact k-means optimality, hand-computed values);
 * the fast function against the reference: values, gradients w.r.t. all four inputs and stats, for every
-  loss_type x boundary_selection x dynamic_beta x K, in float64 (tight) and float32;
+  objective x boundary_selection x dynamic_beta x K, in float64 (tight) and float32;
 * edge cases (clustering path, ties, K < 3, padding, d_pb = d_be = 0, log-probs near -1e4, dtypes,
   K = 1 DPO equivalence, plain baselines, argument errors, order invariance).
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from reference_losses import exact_kmeans_1d, reference_multi_negative_loss, select_example
 
 
-LOSS_TYPES = ("dmpo", "sdpo", "mppo")
+OBJECTIVE_NAMES = ("dmpo", "sdpo", "mppo")
 KS = (1, 2, 3, 5, 15, 19)
 MASK_KEYS = ("boundary_mask", "selected_mask", "used_clustering")
 FLOAT_KEYS = ("betas", "d_pb", "d_be", "chosen_rewards", "rejected_rewards", "reward_accuracy", "boundary_grad_share")
@@ -178,7 +178,7 @@ def test_reference_hand_checked_loss():
     # p+ = 0, negatives [-1, -2, -10, -11, -30], reference all zero: boundary {0, 1}, easy mean -17
     inputs = one_row(0.0, [-1.0, -2.0, -10.0, -11.0, -30.0])
     beta = 0.8
-    losses, stats = reference_multi_negative_loss(*inputs, beta=beta, loss_type="dmpo")
+    losses, stats = reference_multi_negative_loss(*inputs, beta=beta, objective="dmpo")
     b0 = beta * (1 + 0.5 * math.tanh((1 - 16 - 6) / (1 + 16 + 1e-8)))
     b1 = beta * (1 + 0.5 * math.tanh((2 - 15 - 6) / (2 + 15 + 1e-8)))
     assert stats["betas"][0].tolist() == pytest.approx([b0, b1, 0, 0, 0], rel=1e-14)
@@ -187,7 +187,7 @@ def test_reference_hand_checked_loss():
     assert stats["d_be"][0].tolist() == pytest.approx([16, 15, 7, 6, -13], rel=1e-14)
     assert stats["d_pb"][0].tolist() == pytest.approx([1, 2, 10, 11, 30], rel=1e-14)
     # selection off: dmpo's gradient on p_j is proportional to beta_j, so the share is a beta ratio
-    _, stats = reference_multi_negative_loss(*inputs, beta=beta, loss_type="dmpo", boundary_selection=False)
+    _, stats = reference_multi_negative_loss(*inputs, beta=beta, objective="dmpo", boundary_selection=False)
     betas = stats["betas"][0]
     assert float(stats["boundary_grad_share"][0]) == pytest.approx(float(betas[:2].sum() / betas.sum()), rel=1e-12)
     assert ((betas >= beta * 0.5) & (betas <= beta * 1.5)).all()
@@ -199,11 +199,11 @@ def test_reference_hand_checked_loss():
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("dynamic_beta", [True, False], ids=["dynbeta", "fixbeta"])
 @pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference_float64(fast, loss_type, boundary_selection, dynamic_beta, k):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_matches_reference_float64(fast, objective, boundary_selection, dynamic_beta, k):
     inputs = make_batch(9, k, seed=1000 + k)
     (_, stats, _), _ = compare(
-        fast, inputs, loss_type=loss_type, boundary_selection=boundary_selection, dynamic_beta=dynamic_beta
+        fast, inputs, objective=objective, boundary_selection=boundary_selection, dynamic_beta=dynamic_beta
     )
     assert stats["used_clustering"].any() and not stats["used_clustering"].all()
     if boundary_selection:
@@ -213,8 +213,8 @@ def test_matches_reference_float64(fast, loss_type, boundary_selection, dynamic_
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("dynamic_beta", [True, False], ids=["dynbeta", "fixbeta"])
 @pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference_float32(fast, loss_type, boundary_selection, dynamic_beta, k):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_matches_reference_float32(fast, objective, boundary_selection, dynamic_beta, k):
     inputs = make_batch(9, k, seed=2000 + k, dtype=torch.float32)
     (losses, _, _), _ = compare(
         fast,
@@ -222,22 +222,22 @@ def test_matches_reference_float32(fast, loss_type, boundary_selection, dynamic_
         dtype=torch.float32,
         rtol=1e-5,
         atol=1e-5,
-        loss_type=loss_type,
+        objective=objective,
         boundary_selection=boundary_selection,
         dynamic_beta=dynamic_beta,
     )
     assert losses.dtype == torch.float32
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_reference_other_hyperparameters(fast, loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_matches_reference_other_hyperparameters(fast, objective):
     inputs = make_batch(12, 7, seed=7)
     for beta, margin, scale in [(0.1, 2.0, 0.5), (2.5, 0.0, 0.9), (0.7, 6.0, 0.0)]:
         for selection in (True, False):
             compare(
                 fast,
                 inputs,
-                loss_type=loss_type,
+                objective=objective,
                 beta=beta,
                 margin=margin,
                 beta_scale=scale,
@@ -248,14 +248,14 @@ def test_matches_reference_other_hyperparameters(fast, loss_type):
 # ------------------------------------------------------------------------------------- selection edge cases
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_all_negatives_above_chosen(fast, loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_all_negatives_above_chosen(fast, objective):
     inputs = one_row(-5.0, [-4.0, -1.0, -3.5, -5.0], -4.0, [-3.0, -2.0, -4.5, -5.5])
-    (_, stats, _), _ = compare(fast, inputs, loss_type=loss_type)
+    (_, stats, _), _ = compare(fast, inputs, objective=objective)
     assert stats["boundary_mask"].all() and not stats["used_clustering"].any()
     # E = B, so d_be is measured against the mean of all negatives (-3.375)
     assert stats["d_be"][0].tolist() == pytest.approx([-0.625, 2.375, -0.125, -1.625], rel=1e-12)
-    compare(fast, inputs, loss_type=loss_type, boundary_selection=False)
+    compare(fast, inputs, objective=objective, boundary_selection=False)
 
 
 @pytest.mark.parametrize(
@@ -276,11 +276,11 @@ def test_all_negatives_above_chosen(fast, loss_type):
         (-2.0, [-2.0, -9.0, -9.5], [0]),  # tie with p+ counts as boundary, no clustering
     ],
 )
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_known_boundary_sets(fast, loss_type, chosen, rejected, boundary):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_known_boundary_sets(fast, objective, chosen, rejected, boundary):
     inputs = one_row(chosen, rejected, chosen + 0.25, [v - 0.5 for v in rejected])
     for selection, dyn in itertools.product((True, False), (True, False)):
-        (_, stats, _), _ = compare(fast, inputs, loss_type=loss_type, boundary_selection=selection, dynamic_beta=dyn)
+        (_, stats, _), _ = compare(fast, inputs, objective=objective, boundary_selection=selection, dynamic_beta=dyn)
         expected = torch.zeros(1, len(rejected), dtype=torch.bool)
         expected[0, boundary] = True
         assert torch.equal(stats["boundary_mask"], expected), (stats["boundary_mask"], expected)
@@ -307,8 +307,8 @@ def test_clustering_boundary_independent_of_column_order(fast):
 # ------------------------------------------------------------------------------------------------ padding
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_padding_takes_part_in_nothing(fast, loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_padding_takes_part_in_nothing(fast, objective):
     k_valid = (5, 3, 1, 4)
     k = 7
     inputs = make_batch(len(k_valid), k, seed=11)
@@ -322,7 +322,7 @@ def test_padding_takes_part_in_nothing(fast, loss_type):
     ref_rejected = torch.where(mask, ref_rejected, garbage.flip(0))
     padded = (chosen, rejected, ref_chosen, ref_rejected)
     for selection, dyn in itertools.product((True, False), (True, False)):
-        kw = {"loss_type": loss_type, "boundary_selection": selection, "dynamic_beta": dyn}
+        kw = {"objective": objective, "boundary_selection": selection, "dynamic_beta": dyn}
         (losses, stats, grads), _ = compare(fast, padded, rejected_mask=mask, **kw)
         assert torch.equal(grads[1][~mask], torch.zeros_like(grads[1][~mask]))
         assert torch.equal(grads[3][~mask], torch.zeros_like(grads[3][~mask]))
@@ -342,16 +342,16 @@ def test_padding_takes_part_in_nothing(fast, loss_type):
             )
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 @pytest.mark.parametrize("pad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
-def test_non_finite_padding_does_not_leak(fast, loss_type, pad):
+def test_non_finite_padding_does_not_leak(fast, objective, pad):
     inputs = make_batch(3, 4, seed=12)
     mask = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
     chosen, rejected, ref_chosen, ref_rejected = (t.clone() for t in inputs)
     rejected[~mask] = pad
     ref_rejected[~mask] = pad
     for selection, dyn in itertools.product((True, False), (True, False)):
-        kw = {"loss_type": loss_type, "boundary_selection": selection, "dynamic_beta": dyn}
+        kw = {"objective": objective, "boundary_selection": selection, "dynamic_beta": dyn}
         (_, stats, grads), _ = compare(fast, (chosen, rejected, ref_chosen, ref_rejected), rejected_mask=mask, **kw)
         assert torch.equal(grads[1][~mask], torch.zeros_like(grads[1][~mask]))
         for key in FLOAT_KEYS:
@@ -361,9 +361,9 @@ def test_non_finite_padding_does_not_leak(fast, loss_type, pad):
 # ------------------------------------------------------------------------------------- numerical edge cases
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_zero_margins_no_nan(fast, loss_type, dtype):
+def test_zero_margins_no_nan(fast, objective, dtype):
     # every negative equals p+: B = all, E = B, d_pb = d_be = 0 -> tanh(-m / eps) = -1 -> beta (1 - s)
     inputs = one_row(-2.0, [-2.0, -2.0, -2.0], -1.0, [-1.5, -2.5, -3.0])
     beta, scale = 0.9, 0.5
@@ -374,7 +374,7 @@ def test_zero_margins_no_nan(fast, loss_type, dtype):
             dtype=dtype,
             rtol=1e-6,
             atol=1e-6,
-            loss_type=loss_type,
+            objective=objective,
             beta=beta,
             boundary_selection=selection,
         )
@@ -386,9 +386,9 @@ def test_zero_margins_no_nan(fast, loss_type, dtype):
         assert torch.isfinite(losses).all() and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_log_probs_near_minus_1e4(fast, loss_type, dtype):
+def test_log_probs_near_minus_1e4(fast, objective, dtype):
     g = torch.Generator().manual_seed(5)
     n, k = 6, 5
     chosen = -1e4 + torch.rand(n, generator=g, dtype=torch.float64) * 10
@@ -404,7 +404,7 @@ def test_log_probs_near_minus_1e4(fast, loss_type, dtype):
     for name, raw in variants.items():
         inputs = tuple(t.to(dtype).double() for t in raw)
         for selection, dyn in itertools.product((True, False), (True, False)):
-            kw = {"loss_type": loss_type, "boundary_selection": selection, "dynamic_beta": dyn}
+            kw = {"objective": objective, "boundary_selection": selection, "dynamic_beta": dyn}
             losses, stats, grads = run_with_grads(fast, inputs, dtype, **kw)
             assert torch.isfinite(losses).all(), (name, kw, losses)
             for gx in grads:
@@ -423,14 +423,14 @@ def test_log_probs_near_minus_1e4(fast, loss_type, dtype):
             assert torch.equal(stats["boundary_mask"], ref_stats["boundary_mask"])
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
-def test_low_precision_inputs(fast, loss_type, dtype):
+def test_low_precision_inputs(fast, objective, dtype):
     inputs = make_batch(9, 6, seed=21, dtype=dtype)  # values exactly representable in dtype
     # bf16 values are exact in float32, and the computation runs in float32 (losses are float32): same tolerance
     tol = 1e-5
     for selection, dyn in itertools.product((True, False), (True, False)):
-        kw = {"loss_type": loss_type, "boundary_selection": selection, "dynamic_beta": dyn}
+        kw = {"objective": objective, "boundary_selection": selection, "dynamic_beta": dyn}
         losses, stats, grads = run_with_grads(fast, inputs, dtype, **kw)
         assert losses.dtype == torch.float32, losses.dtype
         assert torch.isfinite(losses).all()
@@ -455,28 +455,28 @@ def test_float64_in_float64_out(fast):
 # ---------------------------------------------------------------------------------- baselines and errors
 
 
-@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
+@pytest.mark.parametrize("objective", ["dmpo", "sdpo"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_k1_equals_dpo(fast, loss_type, dtype):
+def test_k1_equals_dpo(fast, objective, dtype):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(12, 1, seed=4, dtype=dtype)
     beta = 0.3
     r_plus, r_1 = chosen - ref_chosen, rejected[:, 0] - ref_rejected[:, 0]
     dpo = -F.logsigmoid(beta * (r_plus - r_1))
     for selection in (True, False):
         xs = [t.to(dtype) for t in (chosen, rejected, ref_chosen, ref_rejected)]
-        losses, stats = fast(*xs, beta=beta, loss_type=loss_type, boundary_selection=selection, dynamic_beta=False)
+        losses, stats = fast(*xs, beta=beta, objective=objective, boundary_selection=selection, dynamic_beta=False)
         tol = 1e-12 if dtype == torch.float64 else 1e-6
         torch.testing.assert_close(losses.double(), dpo, rtol=tol, atol=tol)
         assert stats["boundary_mask"].all() and stats["selected_mask"].all()
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_both_switches_off_is_the_plain_baseline(fast, loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_both_switches_off_is_the_plain_baseline(fast, objective):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(10, 6, seed=8)
     beta = 0.6
-    if loss_type == "dmpo":
+    if objective == "dmpo":
         z = beta * ((chosen - ref_chosen)[:, None] - (rejected - ref_rejected)).mean(1)
-    elif loss_type == "sdpo":
+    elif objective == "sdpo":
         z = -torch.logsumexp(beta * ((rejected - ref_rejected) - (chosen - ref_chosen)[:, None]), dim=1)
     else:
         z = beta * (chosen.exp()[:, None] - rejected.exp()).sum(1)
@@ -487,7 +487,7 @@ def test_both_switches_off_is_the_plain_baseline(fast, loss_type):
         ref_chosen,
         ref_rejected,
         beta=beta,
-        loss_type=loss_type,
+        objective=objective,
         boundary_selection=False,
         dynamic_beta=False,
     )
@@ -498,29 +498,76 @@ def test_both_switches_off_is_the_plain_baseline(fast, loss_type):
 
 def test_mppo_ignores_reference(fast):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(6, 5, seed=9)
-    with_ref, s1 = fast(chosen, rejected, ref_chosen, ref_rejected, loss_type="mppo")
-    without, s2 = fast(chosen, rejected, None, None, loss_type="mppo")
+    with_ref, s1 = fast(chosen, rejected, ref_chosen, ref_rejected, objective="mppo")
+    without, s2 = fast(chosen, rejected, None, None, objective="mppo")
     torch.testing.assert_close(with_ref, without, rtol=0, atol=0)
-    torch.testing.assert_close(s2["chosen_rewards"], chosen, rtol=1e-15, atol=0)
-    compare(fast, (chosen, rejected, None, None), loss_type="mppo")
+    _, s3 = fast(chosen, rejected, None, None, objective="mppo", beta=0.7)
+    torch.testing.assert_close(s3["chosen_rewards"], 0.7 * chosen, rtol=1e-15, atol=0)
+    compare(fast, (chosen, rejected, None, None), objective="mppo")
 
 
-@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
-def test_missing_reference_raises(fast, loss_type):
+@pytest.mark.parametrize("objective", ["dmpo", "sdpo"])
+def test_missing_reference_raises(fast, objective):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(2, 3, seed=0)
     with pytest.raises(ValueError):
-        fast(chosen, rejected, None, None, loss_type=loss_type)
+        fast(chosen, rejected, None, None, objective=objective)
     with pytest.raises(ValueError):
-        fast(chosen, rejected, None, ref_rejected, loss_type=loss_type)
+        fast(chosen, rejected, None, ref_rejected, objective=objective)
     with pytest.raises(ValueError):
-        fast(chosen, rejected, ref_chosen, None, loss_type=loss_type)
+        fast(chosen, rejected, ref_chosen, None, objective=objective)
 
 
-def test_unknown_loss_type_raises(fast):
+def test_unknown_objective_raises(fast):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(2, 3, seed=0)
     for bad in ("dpo2", "DMPO", "ipo", ""):
-        with pytest.raises(ValueError):
-            fast(chosen, rejected, ref_chosen, ref_rejected, loss_type=bad)
+        with pytest.raises(ValueError, match=r"expected one of \('dmpo', 'sdpo', 'mppo'\)"):
+            fast(chosen, rejected, ref_chosen, ref_rejected, objective=bad)
+    with pytest.raises(TypeError, match="loss_type"):  # one meaning per name: `loss_type` is TRL's list
+        fast(chosen, rejected, ref_chosen, ref_rejected, loss_type="dmpo")
+
+
+def test_default_beta_is_trl_dpo_config_beta(fast, tmp_path):
+    """One beta default everywhere: `DPOConfig`'s (0.1), which the loss function uses when given none."""
+    from trl import DPOConfig
+
+    chosen, rejected, ref_chosen, ref_rejected = make_batch(4, 3, seed=5)
+    default_beta = DPOConfig(str(tmp_path), bf16=False).beta
+    for objective in OBJECTIVE_NAMES:
+        refs = (None, None) if objective == "mppo" else (ref_chosen, ref_rejected)
+        implicit, _ = fast(chosen, rejected, *refs, objective=objective)
+        explicit, _ = fast(chosen, rejected, *refs, objective=objective, beta=default_beta)
+        other, _ = fast(chosen, rejected, *refs, objective=objective, beta=1.0)
+        torch.testing.assert_close(implicit, explicit, rtol=0, atol=0)
+        assert not torch.allclose(implicit, other)
+
+
+def test_objective_registry_decides_names_and_the_reference(tmp_path):
+    """The registry is where the config's choices, the display names and the need for a reference come from."""
+    import dataclasses
+    import types
+
+    from trl_dynamicpo import DynamicPOConfig
+    from trl_dynamicpo.losses import OBJECTIVES, uses_reference_model
+    from trl_dynamicpo.variants import OBJECTIVE_NAMES as DISPLAY
+
+    assert tuple(OBJECTIVES) == OBJECTIVE_NAMES
+    assert DISPLAY == {"dmpo": "DMPO", "sdpo": "S-DPO", "mppo": "MPPO"}
+    field = {f.name: f for f in dataclasses.fields(DynamicPOConfig)}["multi_negative_loss"]
+    assert field.metadata["choices"] == list(OBJECTIVE_NAMES)
+    for name in OBJECTIVE_NAMES:
+        assert f"'{name}' ({DISPLAY[name]}" in field.metadata["help"]
+    needs = {
+        (name, free): uses_reference_model(types.SimpleNamespace(multi_negative_loss=name, reference_free=free))
+        for name in OBJECTIVE_NAMES
+        for free in (False, True)
+    }
+    assert needs == {("dmpo", False): True, ("sdpo", False): True, ("mppo", False): False,
+                     ("dmpo", True): False, ("sdpo", True): False, ("mppo", True): False}  # fmt: skip
+    # A DynamicPOConfig reads the same way; an unknown objective is refused with the choices.
+    assert not uses_reference_model(DynamicPOConfig(str(tmp_path), bf16=False, multi_negative_loss="mppo"))
+    assert uses_reference_model(DynamicPOConfig(str(tmp_path), bf16=False))
+    with pytest.raises(ValueError, match="'dmpo', 'sdpo', 'mppo'"):
+        uses_reference_model(types.SimpleNamespace(multi_negative_loss="ipo"))
 
 
 def test_reward_accuracy_and_rewards(fast):
@@ -541,7 +588,7 @@ def test_boundary_grad_share_stays_defined_when_the_loss_saturates(fast):
     p_pos = torch.tensor([-1.0], dtype=torch.float64)
     p_neg = torch.tensor([[-0.5, -3.0, -9.0]], dtype=torch.float64)
     losses, stats = fast(
-        p_pos, p_neg, torch.tensor([-1000.0], dtype=torch.float64), p_neg.clone(), boundary_selection=False
+        p_pos, p_neg, torch.tensor([-1000.0], dtype=torch.float64), p_neg.clone(), beta=1.0, boundary_selection=False
     )
     assert losses.item() == 0.0
     betas = stats["betas"][0]
@@ -555,21 +602,21 @@ def test_boundary_grad_share_stays_defined_when_the_loss_saturates(fast):
 
 @pytest.mark.parametrize("label_smoothing", [0.1, 0.3])
 @pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_label_smoothing_matches_reference(fast, loss_type, boundary_selection, label_smoothing):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_label_smoothing_matches_reference(fast, objective, boundary_selection, label_smoothing):
     inputs = make_batch(9, 5, seed=3000)
-    kwargs = dict(loss_type=loss_type, boundary_selection=boundary_selection, label_smoothing=label_smoothing)
+    kwargs = dict(objective=objective, boundary_selection=boundary_selection, label_smoothing=label_smoothing)
     compare(fast, inputs, **kwargs)
     compare(fast, inputs, dtype=torch.float32, rtol=1e-5, atol=1e-5, **kwargs)
 
 
-@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
-def test_label_smoothing_at_k1_is_conservative_dpo(fast, loss_type):
+@pytest.mark.parametrize("objective", ["dmpo", "sdpo"])
+def test_label_smoothing_at_k1_is_conservative_dpo(fast, objective):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(12, 1, seed=5)
     beta, eps = 0.3, 0.2
     z = beta * ((chosen - ref_chosen) - (rejected[:, 0] - ref_rejected[:, 0]))
     cdpo = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-    losses, _ = fast(chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
+    losses, _ = fast(chosen, rejected, ref_chosen, ref_rejected, beta=beta, objective=objective,
                      dynamic_beta=False, label_smoothing=eps)  # fmt: skip
     torch.testing.assert_close(losses, cdpo, rtol=1e-12, atol=1e-12)
 
@@ -583,10 +630,10 @@ def test_label_smoothing_out_of_range_raises(fast, bad):
 
 @pytest.mark.parametrize("dynamic_beta", [True, False], ids=["dynbeta", "fixbeta"])
 @pytest.mark.parametrize("boundary_selection", [True, False], ids=["select", "allneg"])
-@pytest.mark.parametrize("loss_type", ["dmpo", "sdpo"])
-def test_reference_free_matches_reference(fast, loss_type, boundary_selection, dynamic_beta):
+@pytest.mark.parametrize("objective", ["dmpo", "sdpo"])
+def test_reference_free_matches_reference(fast, objective, boundary_selection, dynamic_beta):
     chosen, rejected, ref_chosen, ref_rejected = make_batch(9, 5, seed=4000)
-    kwargs = dict(loss_type=loss_type, boundary_selection=boundary_selection, dynamic_beta=dynamic_beta)
+    kwargs = dict(objective=objective, boundary_selection=boundary_selection, dynamic_beta=dynamic_beta)
     compare(fast, (chosen, rejected, None, None), reference_free=True, **kwargs)
     # Reference-free is exactly "the reference log-probs are zero", and reference log-probs passed are ignored.
     free, _ = fast(chosen, rejected, None, None, reference_free=True, **kwargs)
@@ -613,8 +660,8 @@ def test_chosen_nll_matches_reference():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_objective_weights_are_the_logit_gradient_up_to_a_row_factor(loss_type):
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_objective_weights_are_the_logit_gradient_up_to_a_row_factor(objective):
     """Every `OBJECTIVES` entry returns |dz/ds_j| on the selected negatives, up to one positive factor per row."""
     from trl_dynamicpo.losses import OBJECTIVES
 
@@ -625,7 +672,7 @@ def test_objective_weights_are_the_logit_gradient_up_to_a_row_factor(loss_type):
     selected[:, 0] = True
     betas = torch.where(selected, betas, 0.0)
     scores = rejected.clone().requires_grad_(True)
-    logit, weights = OBJECTIVES[loss_type].fn(chosen, scores, betas, selected)
+    logit, weights = OBJECTIVES[objective].fn(chosen, scores, betas, selected)
     (dz,) = torch.autograd.grad(logit.sum(), scores)
     dz, weights = dz.abs().masked_fill(~selected, 0.0), weights.masked_fill(~selected, 0.0)
     ratio = dz[:, :1] / weights[:, :1]

@@ -28,7 +28,7 @@ def test_every_name_list_is_the_registry():
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 @pytest.mark.parametrize("reference_free", [False, True])
 def test_the_reference_model_follows_the_registry(objective, reference_free):
-    from trl_dynamicpo.pipeline.modeling import uses_reference_model
+    from trl_dynamicpo.losses import uses_reference_model
 
     args = SimpleNamespace(multi_negative_loss=objective, reference_free=reference_free)
     assert uses_reference_model(args) is not (OBJECTIVES[objective].reference_free or reference_free)

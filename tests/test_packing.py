@@ -8,8 +8,8 @@ Layout:
 * trainer level: `shared_prefix` True and False give the same loss and gradients, with an explicit reference
   model and with a PEFT LoRA adapter turned off as the reference, with and without precomputed reference log-probs;
 * the fallback to naive rows for attention kernels that take no 4-D mask (architectures: tests/test_architectures.py);
-* per-completion statistics (entropy, mean logit, top-1 hits, token counts) against a slow reference, and the CPU
-  compact head inside the forward.
+* per-completion statistics (entropy, mean logit, top-1 hits, token counts) against a slow reference, and the
+  deprecated CPU compact-head context manager (a no-op).
 """
 
 import copy
@@ -114,6 +114,42 @@ def test_varying_k_padding_and_reference_columns():
     assert packed["input_ids"][1].tolist()[:4] == [7, 8, 7, 9]
     assert packed["segment_ids"][1].tolist() == [1, 1, 2, 2] + [-1] * 7
     assert packed["position_ids"][1].tolist()[:4] == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["packed", "naive"])
+def test_negative_slots_fix_the_width_and_add_no_tokens(shared):
+    """`negative_slots` widens every per-negative tensor to that many columns (padding, masked out) without adding a
+    token to the rows; a batch with more negatives still gets them all; cached reference columns of another width
+    are cut or padded to it."""
+    examples = [
+        {**HAND, "ref_chosen_logps": -1.0, "ref_rejected_logps": [-2.0, -3.0]},
+        {"prompt_ids": [7], "chosen_ids": [8], "rejected_ids": [[9]], "ref_chosen_logps": -4.0,
+         "ref_rejected_logps": [-5.0, 0.0, 0.0, 0.0, 0.0, 0.0]},  # a cache written with 6 slots
+    ]  # fmt: skip
+    plain = DataCollatorForMultiNegative(pad_token_id=PAD, shared_prefix=shared)(examples)
+    fixed = DataCollatorForMultiNegative(pad_token_id=PAD, shared_prefix=shared, negative_slots=4)(examples)
+    for key in ("input_ids", "position_ids", "shift_labels", "segment_ids" if shared else "attention_mask"):
+        assert torch.equal(fixed[key], plain[key]), key
+    assert fixed["rejected_mask"].tolist() == [[True, True, False, False], [True, False, False, False]]
+    assert fixed["ref_rejected_logps"].tolist() == [[-2.0, -3.0, 0.0, 0.0], [-5.0, 0.0, 0.0, 0.0]]
+    assert fixed["answer_token_in_negative"].shape[:2] == (2, 4)
+    assert torch.equal(fixed["answer_token_in_negative"][:, :2], plain["answer_token_in_negative"])
+    # Slots are example * (K_max + 1) + c with K_max = 4: the second example's chosen is slot 5, its negative 6.
+    assert sorted(set(fixed["completion_slot"].flatten().tolist()) - {-1}) == [0, 1, 2, 5, 6]
+    wide = DataCollatorForMultiNegative(pad_token_id=PAD, shared_prefix=shared, negative_slots=1)(examples)
+    assert wide["rejected_mask"].shape == (2, 2) and wide["ref_rejected_logps"].shape == (2, 2)
+
+
+def test_negative_slots_leave_the_scores_unchanged(tokenizer):
+    model = build_tiny_model(tokenizer, seed=5).eval()
+    ensure_fused_lm_head(model)
+    examples = random_examples(len(tokenizer), ks=(2, 1, 3), seed=4)
+    with torch.no_grad():
+        plain = completion_logps(model, DataCollatorForMultiNegative(pad_token_id=PAD)(examples))
+        fixed = completion_logps(model, DataCollatorForMultiNegative(pad_token_id=PAD, negative_slots=6)(examples))
+    assert plain.shape == (3, 4) and fixed.shape == (3, 7)
+    torch.testing.assert_close(fixed[:, :4], plain, atol=1e-6, rtol=0)
+    assert (fixed[:, 4:] == 0).all()
 
 
 def test_k_equals_one():
@@ -351,7 +387,7 @@ def test_can_pack():
     assert can_pack(types.SimpleNamespace(module=fake_model("sdpa")))  # DDP-wrapped
 
 
-def test_flash_attention_falls_back_to_naive_rows(caplog, tokenizer, tmp_path):
+def test_flash_attention_falls_back_to_naive_rows(caplog):
     from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
 
     once = getattr(logging.Logger, "warning_once", None)  # transformers' per-message cache: warn again here
@@ -364,17 +400,7 @@ def test_flash_attention_falls_back_to_naive_rows(caplog, tokenizer, tmp_path):
     assert "flash_attention_2" in caplog.text and "shared_prefix" in caplog.text
     assert resolve(fake_model("eager"), args) is True
     assert resolve(fake_model("sdpa"), args) is True
-    # A model given by name: its config is read, the attention implementation comes from `model_init_kwargs` (sdpa by
-    # default).
-    build_tiny_model(tokenizer).save_pretrained(tmp_path / "tiny")
-    assert resolve(str(tmp_path / "tiny"), args) is True
-    named = DynamicPOConfig(
-        output_dir="unused", report_to=[], bf16=False, use_cpu=True,
-        model_init_kwargs={"attn_implementation": "flash_attention_3"},
-    )
-    with caplog.at_level(logging.WARNING):
-        assert resolve(str(tmp_path / "tiny"), named) is False
-    assert "flash_attention_3" in caplog.text
+    assert resolve(types.SimpleNamespace(module=fake_model("flash_attention_3")), args) is False  # DDP-wrapped
     off = DynamicPOConfig(output_dir="unused", report_to=[], bf16=False, use_cpu=True, shared_prefix=False)
     assert resolve(fake_model("sdpa"), off) is False
 
@@ -447,32 +473,28 @@ def test_completion_stats_match_a_slow_reference(shared):
     assert out.aux_loss is None
 
 
-@pytest.mark.parametrize("disabled", [False, True])
-def test_forward_projects_only_labelled_positions_on_cpu(tokenizer, monkeypatch, disabled):
-    """Our forward runs inside `compact_lm_head_on_cpu` (no context manager to remember): TRL's switch is on during
-    the forward only, unless `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0`, and the log-probs are those of TRL's full projection."""
-    from trl_dynamicpo import compat
-    from trl_dynamicpo.packing import COMPACT_HEAD_ENV
+def test_compact_lm_head_on_cpu_is_a_deprecated_no_op(tokenizer):
+    """The old context manager only warns now: the log-probs inside it are those outside it, which are TRL's own
+    fused-head log-probs (summed per completion), and no TRL module attribute changes while it is active."""
+    import trl.trainer.utils as trl_utils
 
-    if disabled:
-        monkeypatch.setenv(COMPACT_HEAD_ENV, "0")
-    utils = compat.trl_utils_module()
-    original = getattr(utils, compat.USE_TRITON_ATTRIBUTE)
+    from trl_dynamicpo import compact_lm_head_on_cpu
+    from trl_dynamicpo.compat import fused_lm_head_forward
+
     model = build_tiny_model(tokenizer, seed=11).eval()
     ensure_fused_lm_head(model)
-    seen = []
-    model.model.register_forward_pre_hook(
-        lambda module, args: seen.append(getattr(utils, compat.USE_TRITON_ATTRIBUTE)(torch.device("cpu")))
-    )
     batch = DataCollatorForMultiNegative(pad_token_id=tokenizer.pad_token_id, shared_prefix=False)(
         random_examples(len(tokenizer), ks=(2, 1), seed=12)
     )
+    before = {key: id(value) for key, value in vars(trl_utils).items()}
     with torch.no_grad():
-        ours = completion_logps(model, batch)
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     shift_labels=batch["shift_labels"], fused_lm_head=True).log_probs  # fmt: skip
-    assert seen == [not disabled, False]
-    assert getattr(utils, compat.USE_TRITON_ATTRIBUTE) is original
+        outside = completion_logps(model, batch)
+        with pytest.warns(FutureWarning, match="deprecated"), compact_lm_head_on_cpu():
+            inside = completion_logps(model, batch)
+            assert {key: id(value) for key, value in vars(trl_utils).items()} == before
+        full = fused_lm_head_forward(model, batch["shift_labels"], input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"])["log_probs"]  # fmt: skip
+    assert torch.equal(inside, outside)
     slots = batch["completion_slot"]
-    for slot in range(ours.numel()):
-        torch.testing.assert_close(ours.view(-1)[slot], full[slots == slot].sum(), atol=ATOL, rtol=0)
+    for slot in range(outside.numel()):
+        torch.testing.assert_close(outside.view(-1)[slot], full[slots == slot].sum(), atol=ATOL, rtol=0)

@@ -32,7 +32,8 @@ def test_merged_adapter_gets_a_frozen_copy_only_when_the_objective_reads_it(
 ):
     from trl import ModelConfig
 
-    from trl_dynamicpo.pipeline.modeling import policy_inputs, uses_reference_model
+    from trl_dynamicpo.losses import uses_reference_model
+    from trl_dynamicpo.pipeline.modeling import policy_inputs
 
     args = make_config(multi_negative_loss=objective, reference_free=reference_free)
     assert uses_reference_model(args) is expects_copy

@@ -55,7 +55,14 @@ def _train_and_check(trainer):
     assert changed, "no trainable parameter changed"
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged
+    from trl_dynamicpo.losses import uses_reference_model
+
+    # Without a reference there is no log-ratio to the starting model, so no `chosen_logp_shift` (and no key).
+    without = set() if uses_reference_model(trainer.args) else {"dynamicpo/chosen_logp_shift"}
     for key in METRIC_KEYS:
+        if key in without:
+            assert key not in logged[0], key
+            continue
         assert key in logged[0], f"metric {key} missing from the logs"
         assert all(torch.isfinite(torch.tensor(h[key])) for h in logged)
     first = logged[0]
@@ -116,7 +123,11 @@ def test_train_with_precomputed_reference(tokenizer, make_model, make_config):
     )
     assert trainer.ref_model is None
     data = trainer.train_dataset
-    assert [len(r) for r in data["ref_rejected_logps"]] == [len(r) for r in data["rejected_ids"]]
+    # TRL's precompute loop stores one value per negative slot: K_max per row, 0 past the row's K.
+    k_max = max(len(r) for r in data["rejected_ids"])
+    assert trainer.data_collator.negative_slots == k_max
+    assert all(len(r) == k_max for r in data["ref_rejected_logps"])
+    assert all(r[len(ids):] == [0.0] * (k_max - len(ids)) for r, ids in zip(data["ref_rejected_logps"], data["rejected_ids"]))
     # The precomputed values are the initial policy's log-probs.
     live = DynamicPOTrainer(
         model=make_model(), ref_model=make_model(), args=make_config(),
@@ -125,7 +136,7 @@ def test_train_with_precomputed_reference(tokenizer, make_model, make_config):
     batch = live.data_collator([live.train_dataset[i] for i in range(4)])
     chosen, rejected = live.compute_ref_log_probs(live.ref_model, batch)
     torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"][:4]), chosen, atol=1e-5, rtol=1e-5)
-    flat = [v for row in data["ref_rejected_logps"][:4] for v in row]
+    flat = [v for row, ids in zip(data["ref_rejected_logps"][:4], data["rejected_ids"][:4]) for v in row[: len(ids)]]
     torch.testing.assert_close(torch.tensor(flat), rejected[batch["rejected_mask"]], atol=1e-5, rtol=1e-5)
     _train_and_check(trainer)
 
@@ -159,6 +170,81 @@ def test_eval_logs_metrics(tokenizer, make_model, make_config):
     )
     metrics = trainer.evaluate()
     assert "eval_loss" in metrics and "eval_rewards/accuracies" in metrics and "eval_dynamicpo/beta_mean" in metrics
+
+
+def test_evaluate_on_a_dataset_with_more_negatives_widens_the_slots(tokenizer, make_model, make_config):
+    """`evaluate(eval_dataset=...)` prepares and precomputes a new dataset with TRL's code; one with more negatives
+    widens the collator's slots, and the precomputed loss equals the live one (a reference model is kept)."""
+    def build(precompute):
+        return DynamicPOTrainer(
+            model=make_model(seed=1), ref_model=make_model(seed=2),
+            args=make_config(precompute_ref_log_probs=precompute, per_device_eval_batch_size=3),
+            train_dataset=Dataset.from_list(preference_rows(6, k_max=2)), processing_class=tokenizer,
+        )  # fmt: skip
+
+    stored, live = build(True), build(False)
+    assert stored.data_collator.negative_slots == live.data_collator.negative_slots == 2
+    wide = Dataset.from_list(preference_rows(6, k_max=4))
+    results = [trainer.evaluate(eval_dataset=wide) for trainer in (stored, live)]
+    assert stored.data_collator.negative_slots == live.data_collator.negative_slots == 4
+    assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], abs=1e-6)
+    # The train rows, precomputed with 2 slots, still collate at the new width.
+    batch = stored.data_collator([stored.train_dataset[i] for i in range(3)])
+    assert batch["ref_rejected_logps"].shape == batch["rejected_mask"].shape == (3, 4)
+
+
+PRECOMPUTE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import ARTISTS, preference_rows
+from datasets import load_from_disk
+from trl_dynamicpo import DynamicPOConfig, DynamicPOTrainer
+from trl_dynamicpo.tiny import build_tiny_model, build_tokenizer
+
+corpus = [f"The user listened to{a},{b} and{c}. Next:{d}</s>" for a in ARTISTS for b in ARTISTS[:5] for c in ARTISTS[:3]
+          for d in ARTISTS[:2]]
+tokenizer = build_tokenizer(corpus, vocab_size=400)
+args = DynamicPOConfig(sys.argv[1], precompute_ref_log_probs=True, precompute_ref_batch_size=1, use_cpu=True,
+                       bf16=False, report_to=[], gradient_checkpointing=False)
+# On disk, so that both processes read the cache file rank 0 writes (an in-memory dataset's is per process, in TRL).
+trainer = DynamicPOTrainer(model=build_tiny_model(tokenizer, seed=0), args=args,
+                           train_dataset=load_from_disk(sys.argv[1] + "/data"), processing_class=tokenizer)
+if trainer.accelerator.is_main_process:
+    data = trainer.train_dataset
+    with open(sys.argv[1] + "/ref.json", "w") as handle:
+        json.dump({"chosen": list(data["ref_chosen_logps"]), "rejected": list(data["ref_rejected_logps"])}, handle)
+"""
+
+
+@pytest.mark.slow
+def test_precompute_on_two_processes_matches_one(tokenizer, make_model, make_config, tmp_path):
+    """TRL's precompute loop gathers one batch per process and step: with one row per process (K = 1, 2 or 3), the
+    widths differ unless the collator fixes the slots. Two gloo processes store what one process stores."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "precompute.py"
+    script.write_text(PRECOMPUTE_SCRIPT)
+    Dataset.from_list(preference_rows(8)).save_to_disk(str(tmp_path / "data"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(tmp_path), str(repo / "tests")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    two = json.loads((tmp_path / "ref.json").read_text())
+    one = DynamicPOTrainer(
+        model=make_model(seed=0), args=make_config(precompute_ref_log_probs=True, precompute_ref_batch_size=1),
+        train_dataset=Dataset.from_list(preference_rows(8)), processing_class=tokenizer,
+    ).train_dataset  # fmt: skip
+    assert len(two["chosen"]) == 8 and all(len(list(r)) == 3 for r in two["rejected"])
+    torch.testing.assert_close(torch.tensor(two["chosen"]), torch.tensor(list(one["ref_chosen_logps"])), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(two["rejected"]), torch.tensor(list(one["ref_rejected_logps"])), atol=1e-5,
+                               rtol=0)
 
 
 def test_model_card_names_the_paper(tokenizer, make_model, make_config, tmp_path):

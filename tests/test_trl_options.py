@@ -131,8 +131,9 @@ def test_reference_free_dmpo_runs_no_reference(tokenizer, make_model, make_confi
             train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer,
         )  # fmt: skip
     assert "is reference-free: the `ref_model` passed is not used" in caplog.text
-    assert trainer.ref_model is None and trainer._precompute_model_hash is None
-    assert not trainer.args.precompute_ref_log_probs
+    assert trainer.ref_model is None and not trainer.precompute_ref_logps
+    assert not trainer.args.precompute_ref_log_probs  # the user's setting, unchanged
+    assert "ref_chosen_logps" not in trainer.train_dataset.column_names
     batch = first_batch(trainer)
     loss = trainer.compute_loss(trainer.model, batch)
     with torch.no_grad():
@@ -144,14 +145,37 @@ def test_reference_free_dmpo_runs_no_reference(tokenizer, make_model, make_confi
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
 
 
-def test_mppo_start_up_hashes_no_weights(tokenizer, make_model, make_config):
-    # TRL stores the hash of every weight it computes for the precompute cache: none is computed here.
-    trainer = DynamicPOTrainer(
-        model=make_model(), args=make_config(multi_negative_loss="mppo"),
-        train_dataset=Dataset.from_list(preference_rows(4)), processing_class=tokenizer,
-    )  # fmt: skip
-    assert trainer._precompute_model_hash is None and trainer.ref_model is None
-    assert not trainer.args.precompute_ref_log_probs and not trainer.precompute_ref_logps
+def test_mppo_loads_no_reference_and_runs_no_reference_forward(tokenizer, make_model, make_config, tmp_path,
+                                                             monkeypatch):
+    """A policy given by name is loaded once (DPOTrainer loads it a second time as the reference for DMPO), the
+    configuration is left as the user wrote it, and training runs one forward per step (no reference forward)."""
+    from transformers import PreTrainedModel
+
+    make_model().save_pretrained(tmp_path / "policy")
+    loads, original = [], PreTrainedModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
+
+    def build(**options):
+        loads.clear()
+        args = make_config(max_steps=2, per_device_train_batch_size=2, **options)
+        trainer = DynamicPOTrainer(model=str(tmp_path / "policy"), args=args,
+                                   train_dataset=Dataset.from_list(preference_rows(4)), processing_class=tokenizer)  # fmt: skip
+        return trainer, args, len(loads)
+
+    _, _, dmpo_loads = build()
+    trainer, args, mppo_loads = build(multi_negative_loss="mppo")
+    assert (dmpo_loads, mppo_loads) == (2, 1)
+    assert trainer.ref_model is None and not trainer.precompute_ref_logps
+    assert args.precompute_ref_log_probs is False and "ref_chosen_logps" not in trainer.train_dataset.column_names
+    forwards = []
+    trainer.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    trainer.train()
+    assert len(forwards) == 2  # one policy forward per step, nothing else
 
 
 # ------------------------------------------------------------------------------------------- TRL fall-backs
@@ -544,6 +568,15 @@ def test_streamed_rows_are_dropped_and_logged_one_by_one(tokenizer, make_config,
     assert len(prepared) == 4 and [len(r["rejected_ids"]) for r in prepared] == [1, 3, 1, 2]
     assert "Row 1: every negative in field 'rejected' repeats 'chosen'" in caplog.text
     assert "Removed 2 repeated negatives from train row 3 (duplicate_negatives='remove')" in caplog.text
+
+
+def test_implicit_prompt_rows_train_as_trl(tokenizer, make_model, tmp_path):
+    """Pairwise rows without a `prompt` column: the prompt is their common start (TRL's `extract_prompt`)."""
+    rows = [{"chosen": f"The user listened to{a}. Next:{c}", "rejected": f"The user listened to{a}. Next:{r}"}
+            for a, c, r in PAIRS]  # fmt: skip
+    dpo, ours = build_pair(tokenizer, make_model, tmp_path, rows)
+    assert_same_tokens(dpo, ours)
+    assert_same_loss_and_grads(dpo, ours)
 
 
 def test_a_pairwise_conversation_is_one_negative(tokenizer):

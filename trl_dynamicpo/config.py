@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .losses import LOSS_TYPES
+from .losses import OBJECTIVES
 
 
 # `DPOConfig.loss_type` entries this trainer implements: "sigmoid" is the multi-negative objective chosen with
@@ -15,6 +15,14 @@ from .losses import LOSS_TYPES
 SUPPORTED_TRL_LOSS_TYPES = ("sigmoid", "sft")
 TRUNCATION_MODES = ("keep_start", "keep_end")
 DUPLICATE_NEGATIVES = ("error", "remove")
+
+
+def _objective_help() -> str:
+    """'dmpo' (DMPO), 'sdpo' (S-DPO) or 'mppo' (MPPO, reference-free), from `losses.OBJECTIVES`."""
+    names = [
+        f"{o.name!r} ({o.display_name}{', reference-free' if o.reference_free else ''})" for o in OBJECTIVES.values()
+    ]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 @dataclass
@@ -26,8 +34,9 @@ class DynamicPOConfig(DPOConfig):
 
     Parameters:
         multi_negative_loss (`str`, *optional*, defaults to `"dmpo"`):
-            Base objective over the K negatives: `"dmpo"` (DMPO, the paper's main objective), `"sdpo"` (S-DPO,
-            softmax over negatives) or `"mppo"` (MPPO, reference-free, on sequence probabilities).
+            Base objective over the K negatives, a key of `trl_dynamicpo.losses.OBJECTIVES`: `"dmpo"` (DMPO, the
+            paper's main objective), `"sdpo"` (S-DPO, softmax over negatives) or `"mppo"` (MPPO, reference-free, on
+            sequence probabilities).
         boundary_selection (`bool`, *optional*, defaults to `True`):
             Train only on the boundary negatives: those the policy ranks at or above the chosen item, or, when there
             are none, the highest cluster of an exact 1-D 3-means of the negatives' log-probs.
@@ -97,8 +106,8 @@ class DynamicPOConfig(DPOConfig):
     multi_negative_loss: str = field(
         default="dmpo",
         metadata={
-            "help": "Base multi-negative objective: 'dmpo' (DMPO), 'sdpo' (S-DPO) or 'mppo' (MPPO, reference-free).",
-            "choices": list(LOSS_TYPES),
+            "help": f"Base multi-negative objective: {_objective_help()}.",
+            "choices": list(OBJECTIVES),
         },
     )
     boundary_selection: bool = field(
@@ -152,9 +161,9 @@ class DynamicPOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.multi_negative_loss not in LOSS_TYPES:
+        if self.multi_negative_loss not in OBJECTIVES:
             raise ValueError(
-                f"multi_negative_loss={self.multi_negative_loss!r} is not supported; choose one of {LOSS_TYPES}."
+                f"multi_negative_loss={self.multi_negative_loss!r} is not supported; choose one of {tuple(OBJECTIVES)}."
             )
         if not 0.0 <= self.beta_scale < 1.0:
             raise ValueError(f"beta_scale must lie in [0, 1) so that every beta_j stays positive; got {self.beta_scale}.")
@@ -174,7 +183,7 @@ class DynamicPOConfig(DPOConfig):
         if other or "sigmoid" not in self.loss_type:
             raise ValueError(
                 f"DynamicPOConfig does not implement loss_type={self.loss_type!r}: it takes 'sigmoid' (the "
-                f"multi-negative objective, chosen with `multi_negative_loss`: {'/'.join(LOSS_TYPES)}), optionally "
+                f"multi-negative objective, chosen with `multi_negative_loss`: {'/'.join(OBJECTIVES)}), optionally "
                 "with 'sft' (an NLL term on the chosen answer, weighted with `loss_weights`, as in RPO)."
             )
         if not 0.0 <= self.label_smoothing < 0.5:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -200,20 +200,57 @@ def mppo(
     return logit, betas * (detached - top).exp()
 
 
-class Objective(NamedTuple):
-    """A multi-negative objective: `fn(chosen_scores, rejected_scores, betas, selected) -> (logit, weights)`."""
+@dataclass(frozen=True)
+class Objective:
+    """A multi-negative objective, as the config, the CLI, the sweep and the model card name it.
 
+    Attributes:
+        name: the key (`DynamicPOConfig.multi_negative_loss`, `multi_negative_loss(objective=...)`).
+        display_name: how tables, plots and the model card write it ("DMPO", "S-DPO").
+        fn: `fn(chosen_scores, rejected_scores, betas, selected) -> (logit, weights)`, see `dmpo`.
+        reference_free: the scores are the policy's log-probs: no reference model at all.
+    """
+
+    name: str
+    display_name: str
     fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    reference_free: bool  # scores are the policy's log-probs: no reference model at all
+    reference_free: bool
 
 
-# One entry per objective: adding one is one function and one line here.
+# The registry: every name, choice, default list and the decision to build a reference model comes from here, so
+# adding an objective is one function and one line.
 OBJECTIVES: dict[str, Objective] = {
-    "dmpo": Objective(dmpo, reference_free=False),
-    "sdpo": Objective(sdpo, reference_free=False),
-    "mppo": Objective(mppo, reference_free=True),
+    objective.name: objective
+    for objective in (
+        Objective("dmpo", "DMPO", dmpo, reference_free=False),
+        Objective("sdpo", "S-DPO", sdpo, reference_free=False),
+        Objective("mppo", "MPPO", mppo, reference_free=True),
+    )
 }
+# The objective names, in registry order (kept under this name for existing callers; `tuple(OBJECTIVES)` is the same).
 LOSS_TYPES = tuple(OBJECTIVES)
+# TRL's default `beta` (`DPOConfig.beta`), the default everywhere in this package; the DynamicPO paper's recipes set 1.0.
+DEFAULT_BETA = 0.1
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called `name`; a `ValueError` listing the choices otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}.") from None
+
+
+def uses_reference_model(args) -> bool:
+    """Whether a configuration needs a reference model (or reference log-probs).
+
+    False for a reference-free objective (MPPO) and for `reference_free=True`; True otherwise.
+
+    Args:
+        args: anything with `multi_negative_loss` and, optionally, `reference_free` (a `DynamicPOConfig`, the CLI's
+            arguments).
+    """
+    return not (get_objective(args.multi_negative_loss).reference_free or getattr(args, "reference_free", False))
 
 
 def conservative_loss(logit: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -249,8 +286,8 @@ def multi_negative_loss(
     ref_chosen_logps: torch.Tensor | None,
     ref_rejected_logps: torch.Tensor | None,
     *,
-    beta: float = 1.0,
-    loss_type: str = "dmpo",
+    beta: float = DEFAULT_BETA,
+    objective: str = "dmpo",
     boundary_selection: bool = True,
     dynamic_beta: bool = True,
     margin: float = 6.0,
@@ -273,8 +310,8 @@ def multi_negative_loss(
         rejected_logps: (B, K) policy log p(y_j|x).
         ref_chosen_logps: (B,) reference log-probs; None (ignored) when reference-free.
         ref_rejected_logps: (B, K) reference log-probs; None (ignored) when reference-free.
-        beta: base inverse temperature (the DynamicPO paper uses 1.0).
-        loss_type: "dmpo", "sdpo" or "mppo" (a key of `OBJECTIVES`).
+        beta: base inverse temperature (default 0.1, TRL's; the DynamicPO paper uses 1.0).
+        objective: a key of `OBJECTIVES`: "dmpo", "sdpo" or "mppo".
         boundary_selection: use only the boundary negatives (otherwise all of them).
         dynamic_beta: per-negative dual-margin beta (otherwise `beta` everywhere).
         margin: the margin m of the dual-margin formula.
@@ -301,13 +338,12 @@ def multi_negative_loss(
             defined when the loss saturates); with a reference, `chosen_logratio` (B,) = log pi(y+|x) -
             log pi_ref(y+|x).
     """
-    if loss_type not in OBJECTIVES:
-        raise ValueError(f"Unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}.")
-    objective = OBJECTIVES[loss_type]
-    uses_reference = not (objective.reference_free or reference_free)
+    spec = get_objective(objective)
+    uses_reference = not (spec.reference_free or reference_free)
     if uses_reference and (ref_chosen_logps is None or ref_rejected_logps is None):
+        free = [o.name for o in OBJECTIVES.values() if o.reference_free]
         raise ValueError(
-            f"loss_type={loss_type!r} needs reference log-probs (or reference_free=True); 'mppo' is reference-free."
+            f"objective={objective!r} needs reference log-probs (or reference_free=True); reference-free: {free}."
         )
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must lie in [0, 0.5); got {label_smoothing}.")
@@ -344,7 +380,7 @@ def multi_negative_loss(
     else:
         chosen_scores, rejected_scores = p_pos, p_neg
 
-    logit, weights = objective.fn(chosen_scores, rejected_scores, betas, selected)
+    logit, weights = spec.fn(chosen_scores, rejected_scores, betas, selected)
     losses = conservative_loss(logit, label_smoothing)
 
     with torch.no_grad():

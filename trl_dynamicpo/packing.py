@@ -25,26 +25,25 @@ example's completions the label belongs to, as `example * (K_max + 1) + c`, c = 
 from __future__ import annotations
 
 import contextlib
-import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.data.data_collator import DataCollatorMixin
 from transformers.utils import logging
 
 from .compat import (
     INPUT_PREFIX_PEFT_TYPES,
     KEY_PREFIX_PEFT_TYPES,
-    USE_TRITON_ATTRIBUTE,
+    DataCollatorMixin,
     active_prompt_learning,
     add_fused_lm_head,
     attention_implementation,
     backbone_of,
+    fused_lm_head_forward,
     has_fused_lm_head,
     pad,
-    trl_utils_module,
 )
 from .compat import router_aux_loss as router_aux_loss_of
 
@@ -63,7 +62,13 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
     """Collate tokenized multi-negative examples into packed (shared-prefix) or naive rows.
 
     Each example has `prompt_ids` (list[int]), `chosen_ids` (list[int]) and `rejected_ids` (list[list[int]], K may
-    differ between examples), optionally `ref_chosen_logps` (float) and `ref_rejected_logps` (list[float]).
+    differ between examples), optionally `ref_chosen_logps` (float) and `ref_rejected_logps` (list[float]; values
+    past the example's K are padding and are ignored).
+
+    Every per-negative tensor has K_max = max(`negative_slots`, the largest K of the batch) columns. `DynamicPOTrainer`
+    sets `negative_slots` to the largest K of the map-style datasets it prepared, so every batch has the same width
+    and `DPOTrainer`'s precompute loop can gather and cache the reference log-probs batch by batch. Padding negatives
+    add no token to the rows (only columns to the per-completion tables, masked by `rejected_mask`).
 
     Returns a dict with `input_ids`, `position_ids`, `shift_labels`, `completion_slot` (rows x length),
     `rejected_mask` (B, K_max) bool, and either `segment_ids` (packed: 0 prompt, c + 1 completion block c, -1
@@ -78,10 +83,12 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
     pad_to_multiple_of: int | None = None
     # Tokens left out of the shared-token diagnostic: the EOS every completion ends with says nothing about the item.
     overlap_ignore_ids: tuple[int, ...] = ()
+    # The fewest negative columns of a batch (see above); 0: the batch's largest K.
+    negative_slots: int = 0
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        k_max = max(len(ex["rejected_ids"]) for ex in examples)
+        k_max = max(self.negative_slots, *(len(ex["rejected_ids"]) for ex in examples))
         width = k_max + 1
         rows, positions, labels, slots, segments = [], [], [], [], []
         for b, ex in enumerate(examples):
@@ -127,9 +134,10 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
             batch["attention_mask"] = _pad([[1] * len(r) for r in rows], 0, multiple)
         if "ref_chosen_logps" in examples[0]:
             batch["ref_chosen_logps"] = torch.tensor([ex["ref_chosen_logps"] for ex in examples], dtype=torch.float32)
+            # Cached columns may be wider than this batch (a cache written with more slots): past K, only padding.
+            ref_rejected = [list(ex["ref_rejected_logps"])[:k_max] for ex in examples]
             batch["ref_rejected_logps"] = torch.tensor(
-                [list(ex["ref_rejected_logps"]) + [0.0] * (k_max - len(ex["ref_rejected_logps"])) for ex in examples],
-                dtype=torch.float32,
+                [row + [0.0] * (k_max - len(row)) for row in ref_rejected], dtype=torch.float32
             ).reshape(len(examples), k_max)
         return batch
 
@@ -317,35 +325,22 @@ def ensure_fused_lm_head(model) -> None:
         add_fused_lm_head(target, outputs=("log_probs",))
 
 
-COMPACT_HEAD_ENV = "TRL_DYNAMICPO_CPU_COMPACT_HEAD"
-
-
 @contextlib.contextmanager
 def compact_lm_head_on_cpu():
-    """On CPU, let TRL's fused LM head project only the labelled positions, as it already does on CUDA.
+    """Deprecated no-op, kept so that existing `with compact_lm_head_on_cpu():` blocks keep working.
 
-    TRL 1.16 scores every position of a row on devices without Triton (to keep tile shapes fixed for graph
-    compilers); with completions of a few tokens after a prompt of a hundred or more, that full-vocabulary projection
-    of the prompt positions is most of the CPU time of SFT, DynamicPO and ranking. Projecting only the labelled
-    positions gives the same log-probabilities (TRL's own CUDA path). Active inside the `with` block only; other
-    devices are not affected; `TRL_DYNAMICPO_CPU_COMPACT_HEAD=0` keeps TRL's behaviour.
+    It used to replace a private TRL switch so that TRL 1.16's fused LM head projected only the labelled positions on
+    CPU, as it does on CUDA. No TRL global is reassigned any more. DynamicPO's own forward (training, reference
+    log-probs, `score_completions`, ranking) needs no context: it hands TRL's head the labelled positions only, on
+    every device (`compat.fused_lm_head_forward`). TRL's own trainers (`SFTTrainer`) project every position on CPU
+    with TRL 1.16; the log-probabilities are the same.
     """
-    trl_utils = trl_utils_module()
-    original = getattr(trl_utils, USE_TRITON_ATTRIBUTE)  # tests/test_compat.py checks that TRL still has it
-    disabled = os.environ.get(COMPACT_HEAD_ENV, "1").lower() in ("0", "false", "no")
-    if disabled or getattr(original, "_cpu_compact", False):
-        yield
-        return
-
-    def use_triton_or_cpu(device):
-        return True if getattr(device, "type", None) == "cpu" else original(device)
-
-    use_triton_or_cpu._cpu_compact = True
-    setattr(trl_utils, USE_TRITON_ATTRIBUTE, use_triton_or_cpu)
-    try:
-        yield
-    finally:
-        setattr(trl_utils, USE_TRITON_ATTRIBUTE, original)
+    warnings.warn(
+        "trl_dynamicpo.compact_lm_head_on_cpu() is deprecated and does nothing; remove the `with` block.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    yield
 
 
 @dataclass
@@ -408,7 +403,6 @@ def _model_inputs(model, batch, input_prefix: int, key_prefix: int, prompt_learn
         "input_ids": batch["input_ids"],
         # Prompt tuning prepends outputs for its virtual tokens; PEFT extends `labels` for them, not `shift_labels`.
         "shift_labels": F.pad(batch["shift_labels"], (input_prefix, 0), value=-100),
-        "fused_lm_head": True,
         "use_cache": False,
     }
     if hasattr(_unwrap(model).config.get_text_config(), "output_router_logits"):
@@ -448,9 +442,9 @@ def _router_token_weights(batch, input_prefix: int) -> torch.Tensor:
 def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_loss: bool = False) -> CompletionOutput:
     """Run `model` once over a collated batch (packed or naive rows) and sum its outputs per completion.
 
-    The model must carry TRL's fused LM head (`ensure_fused_lm_head`), so only labelled positions are projected onto
-    the vocabulary (on CPU too: the forward runs inside `compact_lm_head_on_cpu`). PEFT prompt tuning, P-tuning and
-    prefix tuning work in both layouts.
+    The model must carry TRL's fused LM head (`ensure_fused_lm_head`): no (rows, length, vocabulary) logits are
+    materialised, and only the labelled positions are projected onto the vocabulary, on CPU too
+    (`compat.fused_lm_head_forward`). PEFT prompt tuning, P-tuning and prefix tuning work in both layouts.
 
     Args:
         model: the causal LM (PEFT-, DDP-wrapped models work).
@@ -470,7 +464,6 @@ def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_los
     inputs, under_peft = _model_inputs(model, batch, input_prefix, key_prefix, prompt_learning=peft_type is not None)
     captured = {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(compact_lm_head_on_cpu())
         if under_peft:
             stack.enter_context(
                 _forward_hooks(_unwrap(model).get_base_model(), pre=lambda mod, args, kw: (args, {**kw, **under_peft}))
@@ -483,7 +476,7 @@ def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_los
                     post=lambda mod, args, kw, output: captured.update(router_logits=output.router_logits),
                 )
             )
-        outputs = model(**inputs)
+        outputs = fused_lm_head_forward(model, **inputs)
 
     slots = batch["completion_slot"]
     batch_size, k_max = batch["rejected_mask"].shape
@@ -507,12 +500,12 @@ def forward_completions(model, batch: dict[str, torch.Tensor], *, router_aux_los
         weights = _router_token_weights(batch, input_prefix)
         aux_loss = router_aux_loss_of(captured["router_logits"], _unwrap(model).config, weights)
     return CompletionOutput(
-        logps=per_completion(outputs.log_probs),
+        logps=per_completion(outputs["log_probs"]),
         num_tokens=num_tokens,
         sequence_tokens=sequence_tokens,
-        entropy=per_completion(outputs.entropy),
-        mean_logits=per_completion(outputs.mean_logits),
-        top1=per_completion(outputs.is_top1),
+        entropy=per_completion(outputs["entropy"]),
+        mean_logits=per_completion(outputs["mean_logits"]),
+        top1=per_completion(outputs["is_top1"]),
         aux_loss=aux_loss,
     )
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.utils import logging
+from trl import extract_prompt
 
-from .compat import _tokenize, common_prefix_length, extract_prompt, global_then_local_main_first
+from .compat import _tokenize, common_prefix_length, global_then_local_main_first
 
 
 logger = logging.get_logger(__name__)
@@ -346,6 +347,21 @@ def prepare_preference_dataset(dataset, processing_class, args, dataset_name: st
             kwargs = {"args": args, "dataset_name": dataset_name}
             dataset = dataset.filter(_keep_streamed_row, with_indices=True, fn_kwargs=kwargs)
     return dataset.remove_columns(list(_BOOKKEEPING))
+
+
+def max_negatives(dataset) -> int | None:
+    """The largest K (number of negatives of a row) of a prepared map-style dataset; None for a streamed one.
+
+    Read from the Arrow column (list lengths), so the token ids are never turned into Python lists.
+    """
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "rejected_ids" not in dataset.column_names:
+        return None
+    import pyarrow.compute as pc
+
+    largest = pc.max(pc.list_value_length(dataset.with_format("arrow")["rejected_ids"])).as_py()
+    return int(largest or 0)
 
 
 def _drop_and_count(dataset, args, dataset_name: str):

@@ -1,23 +1,23 @@
 """`DynamicPOTrainer`: `trl.DPOTrainer` with K negatives per prompt, boundary selection and dual-margin beta.
 
-Only the hooks differ from the parent: dataset preparation, the collator, the signature columns, the reference
-log-probs (live and precomputed), the loss and its metrics. Everything else (model loading, PEFT, QLoRA,
-Accelerate, DeepSpeed/FSDP, checkpoints, the model card) is `DPOTrainer`'s.
+Only the hooks differ from the parent: dataset preparation (which also fixes the collator's number of negative slots),
+the collator (in place of the pairwise one `DPOTrainer` builds, with the pad token it settled), the reference log-probs
+of a batch (which `DPOTrainer`'s own precompute loop calls), the loss and its metrics. Everything else (model and
+processor loading, the pad token, the reference model, PEFT, QLoRA, Accelerate, DeepSpeed/FSDP, the precompute loop
+and its cache, checkpoints, the model card) is `DPOTrainer`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import textwrap
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import is_peft_model, tqdm
-from datasets import Dataset, IterableDataset, concatenate_datasets
-from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoProcessor, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedModel
 from transformers.utils import logging
 from trl import DPOTrainer
 
@@ -26,15 +26,14 @@ from .compat import (
     attention_implementation,
     disable_gradient_checkpointing,
     get_config_model_id,
-    no_reference_model,
-    precompute_cache,
-    precompute_engine,
+    pairwise_pad_token_id,
+    prepare_inputs,
     use_adapter,
 )
 from .config import DynamicPOConfig
-from .losses import OBJECTIVES, chosen_nll_loss, multi_negative_loss
+from .losses import chosen_nll_loss, multi_negative_loss, uses_reference_model
 from .packing import DataCollatorForMultiNegative, completion_logps, forward_completions, resolve_shared_prefix
-from .preprocessing import check_text_only, prepare_preference_dataset, text_tokenizer
+from .preprocessing import check_text_only, max_negatives, prepare_preference_dataset, text_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -189,8 +188,8 @@ class DynamicPOTrainer(DPOTrainer):
                 f"DynamicPOTrainer needs a DynamicPOConfig (a trl.DPOConfig subclass), got {type(args).__name__}. "
                 "Replace `DPOConfig(...)` by `DynamicPOConfig(...)`; every DPOConfig argument is accepted."
             )
-        self._reference_free = OBJECTIVES[args.multi_negative_loss].reference_free or args.reference_free
-        if self._reference_free:
+        self._uses_reference = uses_reference_model(args)
+        if not self._uses_reference:
             objective = f"multi_negative_loss={args.multi_negative_loss!r}" + (
                 " with reference_free=True" if args.reference_free else ""
             )
@@ -214,7 +213,7 @@ class DynamicPOTrainer(DPOTrainer):
         # name; an instantiated model is copied instead, which is its initial state and needs no hub access.
         if (
             ref_model is None
-            and not self._reference_free
+            and self._uses_reference
             and not isinstance(model, str)
             and peft_config is None
             and not is_peft_model(model)
@@ -222,39 +221,17 @@ class DynamicPOTrainer(DPOTrainer):
         ):
             ref_model = copy.deepcopy(model)
 
-        # The parent builds its pairwise collator when `data_collator` is None, so build ours first, settling the
-        # pad token as TRL does (and with its check), before the parent sees it.
-        if processing_class is None:
-            source, revision = model, (args.model_init_kwargs or {}).get("revision")
-            if not isinstance(model, str):
-                source, revision = get_config_model_id(model.config), None
-            processing_class = AutoProcessor.from_pretrained(
-                source, revision=revision, trust_remote_code=args.trust_remote_code
-            )
-        if not isinstance(processing_class, (PreTrainedTokenizerBase, ProcessorMixin)):
-            raise TypeError("The `processing_class` must be either a `PreTrainedTokenizerBase` or a `ProcessorMixin`")
-        tokenizer = text_tokenizer(processing_class)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if data_collator is None:
-            pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
-            if pad_token not in tokenizer.get_vocab():  # TRL's check and wording
-                raise ValueError(
-                    f"The specified `pad_token` ('{pad_token}') is not found in the vocabulary of the given "
-                    f"`processing_class` ({processing_class.__class__.__name__}). Ensure that the `pad_token` exists "
-                    "in the vocabulary before using it as a padding token."
-                )
-            tokenizer.pad_token = pad_token
-            data_collator = DataCollatorForMultiNegative(
-                pad_token_id=tokenizer.pad_token_id,
-                shared_prefix=self._resolve_shared_prefix(model, args),
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                overlap_ignore_ids=tuple(t for t in (tokenizer.eos_token_id,) if t is not None),
-            )
-
-        # DPOTrainer loads a reference model unless PEFT is used or reference log-probs are precomputed; a
-        # reference-free objective needs none (see `no_reference_model`).
-        with no_reference_model(args) if self._reference_free else contextlib.nullcontext():
+        # Largest K of the map-style datasets prepared so far: the collator's negative slots (`_prepare_dataset`).
+        self._negative_slots = 0
+        # DPOTrainer loads no reference model when reference log-probs are precomputed; for a reference-free
+        # objective the precompute is `_precompute_ref_logps` returning the datasets unchanged. TRL still hashes the
+        # policy's weights once (the key of its precompute cache). Set for the construction only.
+        user_precompute = args.precompute_ref_log_probs
+        if not self._uses_reference:
+            args.precompute_ref_log_probs = True
+        try:
+            # Without a `data_collator`, DPOTrainer settles the pad token (its check, its error, EOS as fall-back)
+            # and builds its pairwise collator, which `_use_multi_negative_collator` then replaces.
             super().__init__(
                 model=model,
                 ref_model=ref_model,
@@ -269,43 +246,56 @@ class DynamicPOTrainer(DPOTrainer):
                 quantization_config=quantization_config,
                 peft_config=peft_config,
             )
-        if self._reference_free:
+        finally:
+            args.precompute_ref_log_probs = user_precompute
+        if not self._uses_reference:
             self.precompute_ref_logps = False
             self.ref_model = None
+        self._use_multi_negative_collator()
         self._step_metrics = {"train": [], "eval": []}
+
+    def _use_multi_negative_collator(self) -> None:
+        """Put `DataCollatorForMultiNegative` in place of the pairwise collator DPOTrainer builds when none is
+        given, with the pad token TRL settled; give it (or the user's own) the negative slots of the datasets.
+
+        Runs before the first batch is collated: at the start of `_precompute_ref_logps` (inside
+        `DPOTrainer.__init__`) and at the end of `__init__`.
+        """
+        pad_token_id = pairwise_pad_token_id(self.data_collator)
+        if pad_token_id is not None:
+            tokenizer = text_tokenizer(self.processing_class)
+            self.data_collator = DataCollatorForMultiNegative(
+                pad_token_id=pad_token_id,
+                shared_prefix=self._resolve_shared_prefix(self.model, self.args),
+                pad_to_multiple_of=self.args.pad_to_multiple_of,
+                overlap_ignore_ids=tuple(t for t in (tokenizer.eos_token_id,) if t is not None),
+            )
+        if isinstance(self.data_collator, DataCollatorForMultiNegative):
+            self.data_collator.negative_slots = max(self.data_collator.negative_slots, self._negative_slots)
 
     @staticmethod
     def _resolve_shared_prefix(model, args: DynamicPOConfig) -> bool:
         """Packed rows only where they provably give the naive rows' log-probs (`packing_obstacle`: attention kernel,
         layer types, positions, verified architecture); naive rows otherwise, with one warning that says why."""
-        if not args.shared_prefix:
-            return False
-        if isinstance(model, str):
-            init_kwargs = args.model_init_kwargs or {}
-            config = AutoConfig.from_pretrained(
-                model,
-                revision=init_kwargs.get("revision"),
-                trust_remote_code=init_kwargs.get("trust_remote_code", args.trust_remote_code),
-            )
-            impl = init_kwargs.get("attn_implementation") or "sdpa"  # transformers' default where the model has it
-        else:
-            config, impl = getattr(model, "module", model).config, attention_implementation(model)
-        return resolve_shared_prefix(config, impl)
+        return resolve_shared_prefix(_unwrap(model).config, attention_implementation(model), args.shared_prefix)
 
     # ----------------------------------------------------------------------------------------------- data hooks
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return prepare_preference_dataset(dataset, processing_class, args, dataset_name)
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+        """Validate and tokenize (`prepare_preference_dataset`), and widen the collator's negative slots to the
+        dataset's largest K, so that every batch, of every dataset, has the same number of negative columns."""
+        dataset = prepare_preference_dataset(dataset, processing_class, args, dataset_name)
+        self._negative_slots = max(self._negative_slots, max_negatives(dataset) or 0)
+        if hasattr(self, "data_collator"):  # `evaluate(eval_dataset=...)`; in `__init__` the collator comes later
+            self._use_multi_negative_collator()
+        return dataset
 
     # ----------------------------------------------------------------------------------------- reference hooks
     def compute_ref_log_probs(self, model, inputs):
-        """Reference log-probs of a collated batch: chosen (B,) and rejected (B, K_max), no gradient.
+        """Reference log-probs of a collated batch: chosen (B,) and rejected (B, K_max) float32, no gradient.
 
         `model` is the reference model, or the policy when there is none (PEFT: run with the adapter disabled, or
-        with TRL's "ref" adapter when the policy came with a trained one).
+        with TRL's "ref" adapter when the policy came with a trained one). `DPOTrainer`'s precompute loop calls it
+        batch by batch; K_max is the collator's fixed number of negative slots, so every batch has the same width.
         """
         adapter = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
@@ -317,73 +307,20 @@ class DynamicPOTrainer(DPOTrainer):
             adapter,
             self.accelerator.autocast(),
         ):
-            logps = completion_logps(model, inputs)
+            logps = completion_logps(model, inputs).float()
         return logps[:, 0], logps[:, 1:]
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        """Add `ref_chosen_logps` (float) and `ref_rejected_logps` (list of K floats) columns to `dataset`.
+        """`DPOTrainer`'s precompute (its loop, gather and cache file) with this trainer's collator: adds
+        `ref_chosen_logps` (float) and `ref_rejected_logps` (K_max floats, 0 past the row's K).
 
-        Cached as TRL caches them: a file keyed by the dataset's fingerprint and the reference model's hash, so
-        that constructing the trainer again on the same data and model reads them instead of running the model.
+        A dataset that already has the columns is returned as is, and so is every dataset of a reference-free
+        objective (no reference forward runs).
         """
-        if self._reference_free or "ref_chosen_logps" in (dataset.column_names or []):
+        self._use_multi_negative_collator()
+        if not self._uses_reference or "ref_chosen_logps" in (dataset.column_names or []):
             return dataset
-        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):  # TRL's wording
-            raise ValueError(
-                "`precompute_ref_log_probs=True` is not supported with IterableDataset. Please use a map-style "
-                "Dataset or set `precompute_ref_log_probs=False`."
-            )
-        fingerprint, cache_file = precompute_cache(dataset, self._precompute_model_hash)
-        if os.path.exists(cache_file):
-            return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
-        loader = self.accelerator.prepare(
-            DataLoader(
-                dataset,
-                batch_size=batch_size,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                shuffle=False,
-            )
-        )
-        if self.ref_model is None and self.is_deepspeed_enabled:
-            model = precompute_engine(self)
-        else:
-            model = self.ref_model or self.model
-        num_rejected = [len(r) for r in dataset["rejected_ids"]]
-        k_max = max(num_rejected)
-        chosen, rejected = [], []
-        for batch in tqdm(
-            loader,
-            desc=f"Computing reference log-probs for the {name} dataset",
-            disable=bool(os.environ.get("TQDM_DISABLE", "")) or not self.accelerator.is_local_main_process,
-        ):
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(model, batch)
-            ref_rejected = F.pad(ref_rejected, (0, k_max - ref_rejected.size(1)))  # same width on every process
-            ref_chosen, ref_rejected = self.accelerator.gather_for_metrics((ref_chosen, ref_rejected))
-            chosen.append(ref_chosen.float().cpu())
-            rejected.append(ref_rejected.float().cpu())
-        chosen = torch.cat(chosen).tolist()
-        rejected = [row[:k] for row, k in zip(torch.cat(rejected).tolist(), num_rejected)]
-
-        if self.accelerator.is_main_process:
-
-            def columns(_, indices):
-                return {
-                    "ref_chosen_logps": [chosen[i] for i in indices],
-                    "ref_rejected_logps": [rejected[i] for i in indices],
-                }
-
-            dataset.map(
-                columns,
-                with_indices=True,
-                batched=True,
-                remove_columns=dataset.column_names,
-                new_fingerprint=fingerprint,
-                cache_file_name=cache_file,
-                desc=f"Caching reference log-probs for the {name} dataset",
-            )
-        self.accelerator.wait_for_everyone()
-        return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     # ----------------------------------------------------------------------------------------------- the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -391,7 +328,7 @@ class DynamicPOTrainer(DPOTrainer):
         # `aux_loss_enabled` / `router_aux_loss_coef`: set by DPOTrainer.__init__ from the model and `router_aux_loss_coef`
         outputs = forward_completions(model, inputs, router_aux_loss=self.aux_loss_enabled)
         chosen_logps, rejected_logps = outputs.logps[:, 0], outputs.logps[:, 1:]
-        if self._reference_free:
+        if not self._uses_reference:
             ref_chosen, ref_rejected = None, None
         elif "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -403,13 +340,13 @@ class DynamicPOTrainer(DPOTrainer):
             ref_chosen,
             ref_rejected,
             beta=self.args.beta,
-            loss_type=self.args.multi_negative_loss,
+            objective=self.args.multi_negative_loss,
             boundary_selection=self.args.boundary_selection,
             dynamic_beta=self.args.dynamic_beta,
             margin=self.args.beta_margin,
             beta_scale=self.args.beta_scale,
             rejected_mask=inputs["rejected_mask"],
-            reference_free=self._reference_free,
+            reference_free=not self._uses_reference,
             label_smoothing=self.args.label_smoothing,
         )
         self._record_metrics(mode, outputs, inputs, stats)
@@ -484,13 +421,17 @@ class DynamicPOTrainer(DPOTrainer):
         different K_max with -100 in both, so use `label_ids == 1` as the mask (`docs/trl_parity.md` has an HR@1
         metric).
         """
-        inputs = self._prepare_inputs(inputs)
+        inputs = prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, logps = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
         valid = F.pad(inputs["rejected_mask"], (1, 0), value=True)
         return loss.detach(), logps.float().masked_fill(~valid, float("-inf")), valid.long()
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / DeepSpeed engines
 
 
 def _named_datasets(eval_dataset) -> list:

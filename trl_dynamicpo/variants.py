@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .losses import OBJECTIVES
 
-# Display names of the base objectives, one per entry of the objective registry `trl_dynamicpo.losses.OBJECTIVES`
-# (the names `DynamicPOConfig.multi_negative_loss` and the sweep take).
-OBJECTIVE_NAMES = {"dmpo": "DMPO", "sdpo": "S-DPO", "mppo": "MPPO"}
+
+# Display names of the base objectives (`DynamicPOConfig.multi_negative_loss`), from the registry.
+OBJECTIVE_NAMES = {name: objective.display_name for name, objective in OBJECTIVES.items()}
 
 
 @dataclass(frozen=True)

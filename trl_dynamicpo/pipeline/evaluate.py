@@ -107,21 +107,18 @@ def run_eval(data_args: RecDataArguments, eval_args: EvalArguments, model_args) 
         raise ValueError(f"No {split} prompts to evaluate: set {'test_file' if split == 'test' else 'eval_file'}.")
     output_dir = eval_args.output_dir or (os.path.join(path, "eval") if os.path.isdir(path) else "eval")
     model, tokenizer = load_for_eval(model_args, eval_args.merge_adapter, eval_args.trust_remote_code)
-    from ..packing import compact_lm_head_on_cpu
-
-    with compact_lm_head_on_cpu():
-        results = evaluate_examples(
-            model,
-            tokenizer,
-            examples,
-            prompt_builder(data_args),
-            protocol=eval_args.protocol,
-            batch_size=eval_args.batch_size,
-            max_new_tokens=eval_args.max_new_tokens,
-            output_dir=output_dir,
-            show_progress=eval_args.show_progress,
-            train_examples=data.train if eval_args.baselines else None,
-        )
+    results = evaluate_examples(
+        model,
+        tokenizer,
+        examples,
+        prompt_builder(data_args),
+        protocol=eval_args.protocol,
+        batch_size=eval_args.batch_size,
+        max_new_tokens=eval_args.max_new_tokens,
+        output_dir=output_dir,
+        show_progress=eval_args.show_progress,
+        train_examples=data.train if eval_args.baselines else None,
+    )
     results = {"model": path, "split": split, "candidates": data_args.candidates, "dataset": data.name, **results}
     state = PartialState()
     if state.is_main_process:

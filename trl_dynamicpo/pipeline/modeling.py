@@ -26,7 +26,7 @@ import logging
 import os
 from typing import Any
 
-from ..losses import OBJECTIVES
+from ..losses import uses_reference_model
 
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,6 @@ def require_model_path(model_args, command: str) -> str:
     if not model_args.model_name_or_path:
         raise ValueError(f"`trl-dynamicpo {command}` needs `model_name_or_path` (in the recipe or as a flag).")
     return model_args.model_name_or_path
-
-
-def uses_reference_model(training_args) -> bool:
-    """Whether the objective of a `DynamicPOConfig` scores against a reference model (the registry decides)."""
-    return not (OBJECTIVES[training_args.multi_negative_loss].reference_free or training_args.reference_free)
 
 
 def _no_reference(training_args) -> str:

@@ -53,19 +53,13 @@ def check_parallelism(trainer) -> None:
 
 
 def train_with_callbacks(trainer_cls, training_args, callbacks, rank_callback, **trainer_kwargs):
-    """Build `trainer_cls` with the user's callbacks plus the ranking callback, and train it (resuming if asked).
-
-    On CPU, training runs inside `compact_lm_head_on_cpu` (TRL's fused head projects only the labelled positions).
-    """
-    from ..packing import compact_lm_head_on_cpu
-
+    """Build `trainer_cls` with the user's callbacks plus the ranking callback, and train it (resuming if asked)."""
     callbacks = [*(callbacks or []), *([rank_callback] if rank_callback is not None else [])]
     trainer = trainer_cls(args=training_args, callbacks=callbacks or None, **trainer_kwargs)
     check_parallelism(trainer)
     if rank_callback is not None:
         rank_callback.bind(trainer)
-    with compact_lm_head_on_cpu():
-        trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     return trainer
 
 
