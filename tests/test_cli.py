@@ -262,3 +262,13 @@ def test_leak_tools_import_no_torch():
     run_cli(sys.executable, "-c", code)
 
 
+
+
+def test_python_dash_m_is_the_console_script(monkeypatch, capsys):
+    """`python -m trl_dynamicpo` (the form `accelerate launch -m` and `torchrun -m` use) runs the same entry point."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["trl_dynamicpo", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("trl_dynamicpo", run_name="__main__")
+    assert done.value.code == 0 and "usage: trl-dynamicpo <command>" in capsys.readouterr().out

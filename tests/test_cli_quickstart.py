@@ -61,3 +61,38 @@ def test_base_model_shares_input_and_output_embeddings(tmp_path):
                                      tie_embeddings=False)  # fmt: skip
     tied, _ = build_recommender_lm(texts, sample_catalogue(), vocab_size=300, hidden_size=32, num_layers=1)
     assert untied.num_parameters() > tied.num_parameters()
+
+
+def test_quickstart_recipe_resolves_for_every_stage(tmp_path):
+    """The recipe the quickstart writes is an ordinary CLI recipe: each stage resolves to its dataclasses, the stages
+    chain (train starts from the SFT output, eval reads the DynamicPO output) and the paper's beta is set."""
+    from trl_dynamicpo.pipeline import QuickstartArguments, resolve_recipe
+    from trl_dynamicpo.pipeline.quickstart import build_recipe
+
+    recipe = build_recipe(QuickstartArguments(output_dir=str(tmp_path)), tmp_path)
+    data, sft, model = resolve_recipe(recipe, "sft")
+    assert data.history_loss and data.candidates == "leak_free" and sft.output_dir == str(tmp_path / "sft")
+    data, train, model = resolve_recipe(recipe, "train")
+    assert model.model_name_or_path == sft.output_dir and train.beta == 1.0 and data.num_negatives == 19
+    assert (train.boundary_selection, train.dynamic_beta, train.multi_negative_loss) == (True, True, "dmpo")
+    _, evaluation, model = resolve_recipe(recipe, "eval")
+    assert model.model_name_or_path == train.output_dir and evaluation.protocol == "ranking"
+    tiny = build_recipe(QuickstartArguments(output_dir=str(tmp_path), tiny=True), tmp_path)
+    assert tiny["sft"]["max_steps"] == 6 and tiny["max_train_samples"] == 128
+
+
+def test_quickstart_summary_prints_the_paired_line():
+    from pathlib import Path
+
+    from trl_dynamicpo.pipeline.quickstart import summary
+    from trl_dynamicpo.sweep.stats import paired_comparison
+
+    ranking = {"hr@1": 0.5, "ndcg@5": 0.6, "hr@5": 0.8}
+    paired = paired_comparison([1, 1, 0, 1], [1, 0, 0, 1]).as_dict()
+    results = {"before": {"ranking": ranking}, "after": {"ranking": {**ranking, "hr@1": 0.75}}, "paired_hr@1": paired,
+               "model": {"parameters": 1e6}, "train_prompts": 4, "eval_prompts": 4, "catalogue_size": 9,
+               "baselines": {"popularity": ranking}, "timings_s": {"sft": 1.0, "total": 2.0},
+               "recipe": str(Path("out") / "recipe.yaml")}  # fmt: skip
+    text = summary(results, None)
+    assert "DynamicPO - SFT, HR@1 on the same prompts: +0.250" in text and "(+1/-0" in text
+    assert "popularity baseline" in text and "time: 2s" in text

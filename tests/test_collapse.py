@@ -55,6 +55,7 @@ def smoke(tmp_path_factory):
     return out / "results", done
 
 
+@pytest.mark.slow
 def test_smoke_preset_writes_the_report(smoke):
     results, _ = smoke
     for name in ("runs.csv", "curves.csv", "summary.md", "hr1_vs_k_eval.png", "curves.png", "meta.json"):
@@ -66,6 +67,7 @@ def test_smoke_preset_writes_the_report(smoke):
     assert all(r["n"] == "24" for r in rows)  # the preset's evaluation prompts
 
 
+@pytest.mark.slow
 def test_missing_data_is_said_loudly(smoke):
     results, _ = smoke
     meta = json.loads((results / "meta.json").read_text())
@@ -74,6 +76,7 @@ def test_missing_data_is_said_loudly(smoke):
     assert meta["data"]["files"]["train"]["name"] == "train.jsonl.gz"
 
 
+@pytest.mark.slow
 def test_reports_hold_no_path_of_this_machine(smoke):
     results, _ = smoke
     places = (str(REPO.parent), str(results.parent / "cache"), str(sample_path("val").parent))
@@ -83,6 +86,7 @@ def test_reports_hold_no_path_of_this_machine(smoke):
         assert not any(place in text for place in places), name
 
 
+@pytest.mark.slow
 def test_a_named_data_folder_must_hold_the_files(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--preset", "smoke", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -102,6 +106,7 @@ def test_held_out_users_leave_the_training_file(collapse, tmp_path):
     assert not {tuple(ex.history) for ex in held} & {tuple(ex.history) for ex in train}
 
 
+@pytest.mark.slow
 def test_subword_smoke_preset_logs_the_collapse_diagnostics(tmp_path):
     """The sub-word preset end to end at smoke size: names span several tokens and share them, and the report
     carries the answer's log-prob shift, the negatives' log-prob, the boundary set and the shared-token share."""

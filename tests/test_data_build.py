@@ -549,6 +549,7 @@ def test_real_pickle_names_only_dataframe_globals(published_lastfm):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_lastfm_training_split_reproduces_exactly(published_lastfm, tmp_path):
     """LLaRA's train_data.df with S-DPO's rule gives the 47,872 public prompts, row for row."""
     raw, public = published_lastfm

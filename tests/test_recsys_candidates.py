@@ -3,13 +3,12 @@ import random
 
 import pytest
 
+from trl_dynamicpo.cli.leak_tools import main_leak_check, main_leak_free
 from trl_dynamicpo.recsys import (
     RecExample,
     leak_check,
     leak_free_candidates,
     load_sample,
-    main_leak_check,
-    main_leak_free,
     make_leak_free_file,
     read_examples,
     sample_catalogue,

@@ -182,6 +182,7 @@ def test_callback_logs_rank_metrics_in_trainer(rec_tokenizer, examples, tmp_path
     assert {"eval_rank_hr@1", "eval_rank_hr@5", "eval_rank_ndcg@5", "eval_rank_mrr", "eval_loss"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_prompts_and_match_one(rec_model, rec_tokenizer, tmp_path):
     """Under torchrun (2 CPU processes, gloo) each prompt is scored by exactly one process, every process returns the
     single-process metrics, the main process alone writes the files and computes the baselines. When the weights are

@@ -78,8 +78,8 @@ def test_grid_order_names_and_errors():
         "dmpo-plain-k1-s0", "dmpo-plain-k19-s0", "dmpo-dynamicpo-k1-s0", "dmpo-dynamicpo-k19-s0",
         "dmpo-selection_only-k19-s0", "dmpo-beta_only-k19-s0", "dmpo-plain-k19-s1", "dmpo-dynamicpo-k19-s1",
     ]  # fmt: skip
-    flags = grid[3].train_flags()
-    assert flags[flags.index("--boundary_selection") + 1] == "True" and flags[flags.index("--num_negatives") + 1] == "19"
+    assert grid[3].settings() == {"multi_negative_loss": "dmpo", "boundary_selection": True, "dynamic_beta": True,
+                                  "num_negatives": 19, "seed": 0}  # fmt: skip
     with pytest.raises(ValueError, match="unknown variant"):
         build_grid([1], ["dmpo"], ["dynamic"])
     with pytest.raises(ValueError, match="unknown objective"):
