@@ -4,7 +4,8 @@
     python benchmarks/collapse.py --preset quick --data DIR # about 10 minutes from an empty cache
     python benchmarks/collapse.py --preset full --data DIR  # the grid of benchmarks/collapse_README.md
 
-`DIR` holds the full LastFM split in the bundled sample's layout (`train.jsonl.gz`, `val.jsonl.gz`, `items.txt`);
+`DIR` holds the full LastFM split in the bundled sample's layout (`train.jsonl.gz`, `val.jsonl.gz` or
+`valid.jsonl.gz`, `items.txt`: what `trl-dynamicpo data build lastfm` writes);
 without `--data`, `$TRL_DYNAMICPO_DATA` names it, and without either the bundled sample is used with a notice in
 the output and in `meta.json` (the sample is far too small for the quick and full presets' numbers).
 
@@ -160,11 +161,12 @@ def prepare_data(
     users' prompts as an unseen evaluation file, and the validation file, with leak-free candidate lists (or the
     files' own lists for `public`). Returns the recipe's file keys, the held-out file (or None) and a description."""
     from trl_dynamicpo.recsys import leak_free_candidates, read_catalogue, read_examples, sample_path, write_examples
+    from trl_dynamicpo.recsys.sample import validation_file
 
     if data_dir is None:
         sources = {"train": sample_path("train"), "eval": sample_path("val"), "items": sample_path("items")}
     else:
-        sources = {"train": data_dir / "train.jsonl.gz", "eval": data_dir / "val.jsonl.gz", "items": data_dir / "items.txt"}
+        sources = {"train": data_dir / "train.jsonl.gz", "eval": validation_file(data_dir), "items": data_dir / "items.txt"}
     info = {
         "source": "bundled sample" if data_dir is None else "data folder",
         "files": {k: {"name": v.name, "sha1": sha1(v)} for k, v in sources.items()},

@@ -46,3 +46,22 @@ def test_build_sample_is_reproducible_subset(tmp_path):
     assert c["train"].read_bytes() != a["train"].read_bytes()
     with pytest.raises(ValueError, match="asked for 5000 rows"):
         build_sample(SAMPLE_DIR, tmp_path / "d", n_train=5000, n_val=10)
+
+
+def test_find_data_dir_takes_either_validation_name(tmp_path, monkeypatch):
+    """A data folder holds train.jsonl.gz, items.txt and val.jsonl.gz (the sample's name) or valid.jsonl.gz (what
+    `trl-dynamicpo data build` writes); a folder that lacks one is an error naming it."""
+    import pytest
+
+    from trl_dynamicpo.recsys.sample import DATA_ENV, find_data_dir, validation_file
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert find_data_dir() is None
+    (tmp_path / "train.jsonl.gz").write_bytes(b"")
+    (tmp_path / "items.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match="val.jsonl.gz or valid.jsonl.gz"):
+        find_data_dir(tmp_path)
+    (tmp_path / "valid.jsonl.gz").write_bytes(b"")
+    assert find_data_dir(tmp_path) == tmp_path and validation_file(tmp_path) == tmp_path / "valid.jsonl.gz"
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    assert find_data_dir() == tmp_path

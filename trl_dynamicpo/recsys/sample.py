@@ -22,18 +22,29 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "lastfm_sample"
 SAMPLE_FILES = {"train": "train.jsonl.gz", "val": "val.jsonl.gz", "items": "items.txt"}
 # Folder of a full dataset in the bundled sample's layout (train.jsonl.gz, val.jsonl.gz, items.txt).
 DATA_ENV = "TRL_DYNAMICPO_DATA"
+# Names of the validation file in a data folder: the sample's, and the one `trl-dynamicpo data build` writes.
+VALIDATION_FILES = ("val.jsonl.gz", "valid.jsonl.gz")
+
+
+def validation_file(folder: str | os.PathLike) -> Path:
+    """The validation file of a data folder (`val.jsonl.gz`, or `valid.jsonl.gz` as `data build` writes it)."""
+    folder = Path(folder)
+    return next((folder / name for name in VALIDATION_FILES if (folder / name).exists()), folder / VALIDATION_FILES[0])
 
 
 def find_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     """The folder of the full data: `explicit` if given, else `$TRL_DYNAMICPO_DATA`, else None (use the sample).
 
-    Raises `FileNotFoundError` when the folder named does not hold `train.jsonl.gz`, `val.jsonl.gz` and `items.txt`.
+    Raises `FileNotFoundError` when the folder named does not hold `train.jsonl.gz`, a validation file
+    (`val.jsonl.gz` or `valid.jsonl.gz`, see `validation_file`) and `items.txt`.
     """
     value = explicit if explicit is not None else os.environ.get(DATA_ENV) or None
     if value is None:
         return None
     folder = Path(value).expanduser()
-    missing = [name for name in SAMPLE_FILES.values() if not (folder / name).exists()]
+    missing = [name for name in (SAMPLE_FILES["train"], SAMPLE_FILES["items"]) if not (folder / name).exists()]
+    if not validation_file(folder).exists():
+        missing.append(" or ".join(VALIDATION_FILES))
     if missing:
         source = "given" if explicit is not None else f"named by ${DATA_ENV}"
         raise FileNotFoundError(f"The data folder {source}, {folder}, lacks {missing}.")
