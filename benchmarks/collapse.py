@@ -14,7 +14,7 @@ What a preset does, all through the package's public API:
 1. Writes the data files once: the training prompts without the last `holdout_users` users (their prompts become
    an unseen evaluation file, `heldout`, evaluated beside the validation file), with leak-free candidate lists
    (`leak_free_candidates`: negatives drawn per prompt from the catalogue, never seeded by the target) or the papers'
-   lists (`--candidates public`).
+   lists (`--candidates papers`).
 2. Builds the offline recommender LM (`trl_dynamicpo.tiny.build_recommender_lm`: every artist one token, a small
    Llama-shaped model with tied embeddings) and writes a CLI recipe for it: SFT with the loss on the history items
    (`history_loss`), preference training from the SFT model on the same prompts, evaluation of every model on the
@@ -159,7 +159,7 @@ def prepare_data(
 ) -> tuple[dict[str, str], str | None, dict[str, Any]]:
     """Write the preset's data files once: the training prompts without the last `holdout_users` users, those
     users' prompts as an unseen evaluation file, and the validation file, with leak-free candidate lists (or the
-    files' own lists for `public`). Returns the recipe's file keys, the held-out file (or None) and a description."""
+    files' own lists for `papers`). Returns the recipe's file keys, the held-out file (or None) and a description."""
     from trl_dynamicpo.recsys import leak_free_candidates, read_catalogue, read_examples, sample_path, write_examples
     from trl_dynamicpo.recsys.sample import validation_file
 
@@ -321,7 +321,7 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--data", default=None, help="Folder with train.jsonl.gz, val.jsonl.gz and items.txt "
                         "(default: $TRL_DYNAMICPO_DATA, else the bundled sample with a notice).")  # fmt: skip
-    parser.add_argument("--candidates", choices=["leak_free", "public"], default="leak_free",
+    parser.add_argument("--candidates", choices=["leak_free", "papers"], default="leak_free",
                         help="Leak-free candidate lists (default) or the papers' leaky ones.")  # fmt: skip
     parser.add_argument("--eval-file", action="append", default=[], help="Extra evaluation file (repeatable).")
     parser.add_argument("--no-heldout-eval", action="store_true",

@@ -67,8 +67,8 @@ class DynamicPOConfig(DPOConfig):
             error naming the row and the field. With `True` they are dropped instead, and the count and the row
             numbers are logged.
 
-    `beta` keeps `DPOConfig`'s default, 0.1. The DynamicPO paper uses `beta=1.0`: the recipes set it, and so does
-    `trl-dynamicpo train` when a recipe does not.
+    `beta` keeps `DPOConfig`'s default, 0.1, everywhere (the loss function and the CLI too). The DynamicPO paper uses
+    `beta=1.0`: the recipes set it.
 
     With K = 1 negative, DMPO and S-DPO with `dynamic_beta=False` are exactly TRL's DPO sigmoid loss (boundary
     selection always keeps the single negative, so it changes nothing at K = 1); with the defaults (both switches
