@@ -102,13 +102,17 @@ def test_answer_token_overlap_against_sets():
         {"prompt_ids": [10, 11], "chosen_ids": [5, 6, 7, eos], "rejected_ids": [[5, 9, eos], [7, 6, eos], [8, eos]]},
         {"prompt_ids": [10, 12, 13], "chosen_ids": [8, eos], "rejected_ids": [[9, eos]]},
         {"prompt_ids": [14], "chosen_ids": [4, 4, 3, eos], "rejected_ids": [[3, eos], [4, eos]]},
+        # a leading token every completion shares (a space marker) is the same in every context: left out
+        {"prompt_ids": [15], "chosen_ids": [1, 6, eos], "rejected_ids": [[1, 6, 7, eos], [1, 8, eos], [1, 9, eos]]},
     ]
     collator = DataCollatorForMultiNegative(pad_token_id=0, overlap_ignore_ids=(eos,))
     batch = collator(examples)
-    selected = torch.tensor([[True, False, True], [True, False, False], [False, True, False]])
+    selected = torch.tensor([[True, False, True], [True, False, False], [False, True, False], [True, True, True]])
     found, total = _answer_token_overlap(selected, batch)
     for b, ex in enumerate(examples):
         answer = [t for t in ex["chosen_ids"] if t != eos]
+        if all(r[0] == answer[0] for r in ex["rejected_ids"]):
+            answer = answer[1:]
         in_selected = set().union(*(set(r) for j, r in enumerate(ex["rejected_ids"]) if selected[b, j]))
         assert total[b] == len(answer)
         assert found[b] == sum(t in in_selected for t in answer), b
@@ -139,7 +143,9 @@ def test_collapse_diagnostics_logged(tokenizer, make_model, make_config):
     eos = tokenizer.eos_token_id
     found = total = 0
     for row in rows:  # selection off: every negative is in the loss
-        answer = [t for t in row["chosen_ids"] if t != eos]
+        completions = [row["chosen_ids"], *row["rejected_ids"]]
+        shared = next((i for i in range(len(row["chosen_ids"])) if len({tuple(c[: i + 1]) for c in completions}) > 1), 0)
+        answer = [t for t in row["chosen_ids"][shared:] if t != eos]
         negatives = set().union(*map(set, row["rejected_ids"]))
         found, total = found + sum(t in negatives for t in answer), total + len(answer)
     assert float(step["dynamicpo/answer_token_overlap"]) == pytest.approx(found / total)

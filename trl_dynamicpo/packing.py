@@ -74,7 +74,8 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
     `rejected_mask` (B, K_max) bool, and either `segment_ids` (packed: 0 prompt, c + 1 completion block c, -1
     padding; the 4-D mask is built on the device by `block_attention_mask`) or `attention_mask` (naive, 2-D).
     For the shared-token diagnostic it also returns `answer_token_mask` (B, C_max) bool, the chosen completion's
-    tokens other than `overlap_ignore_ids`, and `answer_token_in_negative` (B, K_max, C_max) bool, whether chosen
+    tokens other than `overlap_ignore_ids` and the leading tokens that all K + 1 completions of the example share,
+    and `answer_token_in_negative` (B, K_max, C_max) bool, whether chosen
     token t of an example occurs anywhere in its negative j.
     """
 
@@ -143,7 +144,10 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
 
     def _answer_tokens_in_negatives(self, examples: list[dict[str, Any]], k_max: int) -> dict[str, torch.Tensor]:
         ignore = set(self.overlap_ignore_ids)
-        answers = [[t for t in ex["chosen_ids"] if t not in ignore] for ex in examples]
+        answers = [
+            [t for t in ex["chosen_ids"][_common_prefix_length(ex["chosen_ids"], *ex["rejected_ids"]) :] if t not in ignore]
+            for ex in examples
+        ]
         width = max(1, max(map(len, answers)))
         mask = torch.zeros(len(examples), width, dtype=torch.bool)
         shared = torch.zeros(len(examples), k_max, width, dtype=torch.bool)
@@ -153,6 +157,17 @@ class DataCollatorForMultiNegative(DataCollatorMixin):
                 tokens = set(negative)
                 shared[b, j, : len(answer)] = torch.tensor([t in tokens for t in answer], dtype=torch.bool)
         return {"answer_token_mask": mask, "answer_token_in_negative": shared}
+
+
+def _common_prefix_length(*sequences) -> int:
+    """Leading tokens every sequence shares (a bare space marker before whole-word item tokens): the same token in
+    the same context for every completion of the prompt, so they cancel between the answer and any negative."""
+    length = 0
+    for column in zip(*sequences):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    return min(length, min(map(len, sequences)) - 1) if sequences else 0
 
 
 def block_attention_mask(
