@@ -52,10 +52,12 @@ _LAZY = {
     "DataCollatorForMultiNegative": "trl_dynamicpo.packing",
     "score_completions": "trl_dynamicpo.scoring",
     "compact_lm_head_on_cpu": "trl_dynamicpo.packing",
+    "CompactSFTTrainer": "trl_dynamicpo.sft_trainer",
     "multi_negative_loss": "trl_dynamicpo.losses",
 }
 
 __all__ = [
+    "CompactSFTTrainer",
     "DataCollatorForMultiNegative",
     "DynamicPOConfig",
     "DynamicPOTrainer",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from .losses import multi_negative_loss
     from .packing import DataCollatorForMultiNegative, compact_lm_head_on_cpu
     from .scoring import score_completions
+    from .sft_trainer import CompactSFTTrainer
     from .trainer import DynamicPOTrainer
 
 

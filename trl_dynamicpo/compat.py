@@ -11,6 +11,9 @@ The TRL releases tested are `trl_dynamicpo._TRL_TESTED` (checked at import by `t
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from trl.data_utils import _tokenize, common_prefix_length
@@ -43,6 +46,7 @@ __all__ = [
     "create_model_from_path",
     "disable_gradient_checkpointing",
     "fused_lm_head_forward",
+    "labelled_positions_only",
     "get_config_model_id",
     "global_then_local_main_first",
     "has_fused_lm_head",
@@ -68,21 +72,17 @@ def has_fused_lm_head(model) -> bool:
     return forward is not None and forward.__code__.co_name == _FUSED_FORWARD_NAME
 
 
-def fused_lm_head_forward(model, shift_labels, **model_kwargs) -> dict:
-    """One forward through TRL's fused LM head, scoring pre-shifted labels: `{field: (rows, length) tensor}`.
+@contextlib.contextmanager
+def labelled_positions_only(model, labelled: torch.Tensor):
+    """Inside the block, TRL's fused LM head of `model` is handed the hidden states of the `labelled` positions only.
 
-    `shift_labels[r, t]` is the token position t predicts (-100: not scored). Each field of `FUSED_HEAD_OUTPUTS` is
-    per position, 0 where the label is -100, and `None` when the head was added without it: `log_probs` (log-prob of
-    the label), `entropy`, `mean_logits` (mean over the vocabulary) and `is_top1` (the label is the argmax). The
-    backbone runs on `model_kwargs`; PEFT prompt tuning prepends its virtual positions (give `shift_labels` for them).
-
-    The head is handed the labelled positions only, as one row: a forward hook on the backbone (PyTorch's public
-    hook API; nothing of TRL is replaced) keeps the hidden states of those positions, and the labels are passed in
-    the same order. TRL's head then projects exactly those positions onto the vocabulary on every device. By itself,
-    TRL 1.16 does so on CUDA / XPU only and projects every position of every row on CPU (same values, about twice the
-    step time of the quickstart's DynamicPO stage).
+    `labelled` is the (rows, length) mask of the positions that predict a label. A forward hook on the backbone
+    (PyTorch's public hook API; nothing of TRL is replaced) keeps the hidden states of those positions as one row;
+    the caller passes their labels, in the same order, as `shift_labels` of shape (1, labelled.sum()). TRL's head then
+    projects exactly those positions onto the vocabulary on every device: TRL 1.16 by itself does so on CUDA / XPU
+    only and projects every position of every row on CPU (same values, about twice the step time of the quickstart's
+    DynamicPO stage and several times that of its SFT).
     """
-    labelled = shift_labels != -100
 
     def keep_labelled(module, args, kwargs, output):
         hidden = output.last_hidden_state
@@ -91,9 +91,23 @@ def fused_lm_head_forward(model, shift_labels, **model_kwargs) -> dict:
 
     handle = backbone_of(model).register_forward_hook(keep_labelled, with_kwargs=True)
     try:
-        outputs = model(**model_kwargs, shift_labels=shift_labels[labelled][None], fused_lm_head=True)
+        yield
     finally:
         handle.remove()
+
+
+def fused_lm_head_forward(model, shift_labels, **model_kwargs) -> dict:
+    """One forward through TRL's fused LM head, scoring pre-shifted labels: `{field: (rows, length) tensor}`.
+
+    `shift_labels[r, t]` is the token position t predicts (-100: not scored). Each field of `FUSED_HEAD_OUTPUTS` is
+    per position, 0 where the label is -100, and `None` when the head was added without it: `log_probs` (log-prob of
+    the label), `entropy`, `mean_logits` (mean over the vocabulary) and `is_top1` (the label is the argmax). The
+    backbone runs on `model_kwargs`; PEFT prompt tuning prepends its virtual positions (give `shift_labels` for them).
+    Only the labelled positions are projected onto the vocabulary (`labelled_positions_only`).
+    """
+    labelled = shift_labels != -100
+    with labelled_positions_only(model, labelled):
+        outputs = model(**model_kwargs, shift_labels=shift_labels[labelled][None], fused_lm_head=True)
     fields = {}
     for name in FUSED_HEAD_OUTPUTS:
         value = getattr(outputs, name)

@@ -347,11 +347,12 @@ def compact_lm_head_on_cpu():
     It used to replace a private TRL switch so that TRL 1.16's fused LM head projected only the labelled positions on
     CPU, as it does on CUDA. No TRL global is reassigned any more. DynamicPO's own forward (training, reference
     log-probs, `score_completions`, ranking) needs no context: it hands TRL's head the labelled positions only, on
-    every device (`compat.fused_lm_head_forward`). TRL's own trainers (`SFTTrainer`) project every position on CPU
-    with TRL 1.16; the log-probabilities are the same.
+    every device (`compat.fused_lm_head_forward`). For SFT, `trl_dynamicpo.CompactSFTTrainer` is `trl.SFTTrainer` doing
+    the same (TRL's own `SFTTrainer` projects every position on CPU with TRL 1.16; the values are the same).
     """
     warnings.warn(
-        "trl_dynamicpo.compact_lm_head_on_cpu() is deprecated and does nothing; remove the `with` block.",
+        "trl_dynamicpo.compact_lm_head_on_cpu() is deprecated and does nothing; remove the `with` block (for SFT, "
+        "trl_dynamicpo.CompactSFTTrainer projects only the labelled positions).",
         FutureWarning,
         stacklevel=3,
     )

@@ -21,10 +21,8 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
     The arguments are `resolve_recipe(recipe, "sft")` (`RecDataArguments`, `trl.SFTConfig`, `trl.ModelConfig`);
     `callbacks` are added to the trainer's. Saves the model, the trainer state, a model card and the run record.
     """
-    from trl import SFTTrainer
-
     from trl_dynamicpo.recsys import sft_dataset
-
+    from trl_dynamicpo.sft_trainer import CompactSFTTrainer
 
     setup_logging(training_args)
     path, peft_config, quantization_config = sft_model_inputs(model_args, training_args)
@@ -44,7 +42,7 @@ def run_sft(data_args: RecDataArguments, training_args, model_args, callbacks: S
                 CANDIDATE_MODES[data_args.candidates],
                 "history items and answer" if data_args.history_loss else "the answer", path)  # fmt: skip
     trainer = train_with_callbacks(
-        SFTTrainer,
+        CompactSFTTrainer,
         training_args,
         callbacks,
         rank_callback,
