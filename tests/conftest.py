@@ -8,7 +8,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ENV = "TRL_DYNAMICPO_DATA"  # the folder of the full LastFM split (README: "Full LastFM data")
+DATA_ENV = "TRL_DYNAMICPO_DATA"  # the folder of the full LastFM split (docs/recsys.md: "The benchmarks' data folder")
 FULL_LASTFM_FILES = ("train.jsonl.gz", "val.jsonl.gz", "items.txt")
 
 
@@ -137,10 +137,10 @@ def full_lastfm() -> Path:
     folder = Path(given) if given else REPO.parent / "shared" / "data" / "lastfm"
     missing = [name for name in FULL_LASTFM_FILES if not (folder / name).is_file()]
     if missing and given:
-        pytest.fail(f"{DATA_ENV}={given} lacks {', '.join(missing)} (see the README, 'Full LastFM data').")
+        pytest.fail(f"{DATA_ENV}={given} lacks {', '.join(missing)} (see docs/recsys.md, 'The benchmarks' data folder').")
     if missing:
         pytest.skip(
             f"the full LastFM split is not here: set {DATA_ENV} to the folder holding {', '.join(FULL_LASTFM_FILES)} "
-            "(README: 'Full LastFM data'), or put it in ../shared/data/lastfm beside the repository"
+            "(docs/recsys.md: 'The benchmarks' data folder'), or put it in ../shared/data/lastfm beside the repository"
         )
     return folder
